@@ -1,0 +1,38 @@
+# minidino: two commands do everything on a fresh machine.
+#   make demo   train the cpu-demo preset on the built-in dataset and report what it learned
+#   make test   every test: ruff, the generated course files, unit tests and every notebook
+# Both create (or reuse) the virtual environment in .venv and install what they need.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint lab bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m minidino demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
+	MINIDINO_FAST=1 $(BIN)/python -m pytest --nbval-lax --durations=15 \
+		tests $(wildcard notebooks/*.ipynb) $(wildcard exercises/*.ipynb) $(wildcard solutions/*.ipynb)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+bench: $(STAMP)
+	$(BIN)/python -m minidino.bench augment
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,90 @@
+"""Command line: `python -m minidino {demo,train,eval,download,presets} ...`.
+
+Examples:
+    python -m minidino demo                              # the main job, about 5 minutes on a CPU
+    python -m minidino train --preset cifar10 --epochs 50 --batch-size 256
+    python -m minidino train --preset cifar10 --resume runs/cifar10/checkpoint.pt
+    python -m minidino eval runs/cifar10/checkpoint.pt --linear
+    python -m minidino download cifar10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+from minidino.config import (
+    PRESETS,
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    fast_config,
+    fast_mode,
+    get_preset,
+)
+
+
+def _resolve(args: argparse.Namespace, default_preset: str) -> TrainConfig:
+    cfg = get_preset(args.preset or default_preset)
+    if args.fast or fast_mode():
+        cfg = fast_config(cfg)
+    return config_from_args(cfg, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minidino", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("demo", "train cpu-demo on the built-in dataset and report kNN"),
+                            ("train", "train with a preset; any config field can be overridden")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--preset", choices=sorted(PRESETS), default=None)
+        p.add_argument("--fast", action="store_true", help="tiny model, a few steps (as in CI)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if name == "train":
+            p.add_argument("--resume", default=None, help="a checkpoint.pt to continue from")
+        add_config_arguments(p)
+    p = sub.add_parser("eval", help="kNN (and linear probe) of a checkpoint's backbone")
+    p.add_argument("checkpoint")
+    p.add_argument("--which", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--linear", action="store_true", help="also train a linear probe")
+    p.add_argument("--k", type=int, default=20)
+    p = sub.add_parser("download", help="download a dataset into data/")
+    p.add_argument("name")
+    p.add_argument("--root", default="data")
+    sub.add_parser("presets", help="list the presets")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "demo":
+            from minidino.demo import run_demo
+
+            run_demo(_resolve(args, "cpu-demo"), progress=not args.no_progress)
+        elif args.command == "train":
+            from minidino.train import train
+
+            cfg = _resolve(args, "cifar10")
+            train(cfg, resume=args.resume, progress=not args.no_progress)
+        elif args.command == "eval":
+            from minidino.demo import evaluate_checkpoint
+
+            evaluate_checkpoint(args.checkpoint, which=args.which, linear=args.linear, k=args.k)
+        elif args.command == "download":
+            from minidino.data import download
+
+            download(args.name, args.root)
+        elif args.command == "presets":
+            for name, cfg in PRESETS.items():
+                print(f"{name}: {replace(cfg, extra={})}")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"minidino: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        print(f"minidino: {err or 'interrupted'}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Benchmarks that print a table: `python -m minidino.bench <subcommand>`.
+
+Each subcommand measures a speed against a baseline run in the same process on the same input,
+and prints the ratio, because on a shared machine absolute numbers move by +-20% from run to
+run while a ratio measured within one run moves much less.
+
+Subcommands:
+  augment   multi-crop augmentation: per-image torchvision pipeline vs batched tensor ops.
+
+Add a subcommand by writing `bench_<name>(args)` and registering it in `build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from minidino.augment import BatchedMultiCrop, PerImageMultiCrop, small_image_config
+
+
+def _seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall time of fn() over `repeats` runs (warm up before calling this)."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _thread_counts(spec: str) -> list[int]:
+    default = torch.get_num_threads()
+    counts = [default if s.strip() == "default" else int(s) for s in spec.split(",")]
+    if any(c < 1 for c in counts):
+        raise ValueError(f"--threads={spec!r}: each entry must be a positive integer or 'default'")
+    return list(dict.fromkeys(counts))  # unique, in order
+
+
+def bench_augment(args: argparse.Namespace) -> None:
+    """Images/s of PerImageMultiCrop (a) and BatchedMultiCrop (b) on the same uint8 images."""
+    cfg = small_image_config(args.image_size, n_local_crops=args.n_local_crops)
+    device = torch.device(args.device)
+    g = torch.Generator().manual_seed(0)
+    size = (args.n_images, 3, args.image_size, args.image_size)
+    images = torch.randint(0, 256, size, dtype=torch.uint8, generator=g)  # (N, 3, H, W)
+    on_device = images.to(device)
+    per_image, batched = PerImageMultiCrop(cfg), BatchedMultiCrop(cfg)
+    thread_counts = _thread_counts(args.threads)
+
+    print(f"torch {torch.__version__}, {platform.machine()} CPU, "
+          f"default threads {torch.get_num_threads()}, batched on {device}")
+    print(f"crops: 2 x {cfg.global_size} px + {cfg.n_local_crops} x {cfg.local_size} px, "
+          f"{args.n_images} images of {args.image_size} x {args.image_size}, uint8")
+    print()
+    print("| implementation | device | threads | images/s | ratio (b)/(a) |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    default_threads = torch.get_num_threads()
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        [per_image(img) for img in images[:8]], batched(on_device)  # warm up
+        t_a = _seconds(lambda: [per_image(img) for img in images], 1, torch.device("cpu"))
+        t_b = _seconds(lambda: batched(on_device), args.repeats, device)
+        rate_a, rate_b = args.n_images / t_a, args.n_images / t_b
+        print(f"| (a) per image, torchvision v2 | cpu | {threads} | {rate_a:,.0f} | |")
+        print(f"| (b) batched tensor ops | {device.type} | {threads} | {rate_b:,.0f} "
+              f"| {rate_b / rate_a:,.1f} |")
+    torch.set_num_threads(default_threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m minidino.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("augment", help="per-image vs batched multi-crop augmentation")
+    p.add_argument("--n-images", type=int, default=512)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--n-local-crops", type=int, default=6)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of (b); median reported")
+    p.add_argument("--device", default="cpu", help="device for (b); (a) always runs on the CPU")
+    p.add_argument("--threads", default="1",
+                   help="comma-separated torch thread counts to run both at, e.g. '1,default' "
+                        "('default' = torch's); 1 compares per core, as a DataLoader worker runs")
+    p.set_defaults(func=bench_augment)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

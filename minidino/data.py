@@ -1,0 +1,350 @@
+"""Datasets behind one entry point: `load_dataset(name, split)`.
+
+Why one entry point: the training loop only needs images and labels. Whether they come from the
+built-in shapes, CIFAR, ImageNette or a folder of your own photos should be one string.
+
+What you get back is a `DatasetSplit`:
+- small datasets (shapes, CIFAR) are held in memory as one uint8 tensor `images` (N, 3, H, W), so
+  training can keep them on the GPU and augment whole batches there;
+- larger ones (ImageNette, a folder) are read lazily from disk through `dataset`, which returns
+  (PIL image, label); `to_tensor_images` turns such a split into a resident tensor when it fits.
+
+CIFAR and ImageNette come from `torchvision.datasets`, the same download code everyone uses. When
+a dataset is missing, the error says where it looked and the one command that downloads it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.datasets as tvd
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2.functional import center_crop, pil_to_tensor, resize
+from tqdm.auto import tqdm
+
+from minidino.shapes import ShapesDataset
+
+DATASETS: tuple[str, ...] = ("shapes", "cifar10", "cifar100", "imagenette", "folder")
+SPLITS: tuple[str, ...] = ("train", "val", "test")  # "val" and "test" both mean held-out
+_EXTRA_KWARGS = {"shapes": {"difficulty", "n_images", "seed"}, "cifar10": set(), "cifar100": set(),
+                 "imagenette": {"size", "resident"}, "folder": {"scan", "holdout", "resident"}}
+_TORCHVISION = {"cifar10": ("CIFAR10", "cifar-10-batches-py", "170 MB"),
+                "cifar100": ("CIFAR100", "cifar-100-python", "170 MB"),
+                "imagenette": ("Imagenette", "imagenette2-160", "100 MB")}
+
+
+@dataclass
+class DatasetSplit:
+    """One split of a dataset.
+
+    images: uint8 (N, 3, H, W) when the whole split is held in memory, else None
+    labels: int64 (N,) class indices into `classes`
+    dataset: a torch Dataset whose items are (PIL image or uint8 tensor (3, H, W), label)
+    masks: bool (N, H, W) object masks (the built-in shapes only), else None
+    """
+
+    images: Tensor | None
+    labels: Tensor
+    classes: list[str]
+    dataset: Dataset
+    masks: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class TensorImageDataset(Dataset):
+    """In-memory uint8 images (N, 3, H, W) as a Dataset of (image (3, H, W), label)."""
+
+    def __init__(self, images: Tensor, labels: Tensor, transform: Any = None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        image = self.images[i]  # (3, H, W) uint8
+        return (self.transform(image) if self.transform else image), int(self.labels[i])
+
+
+class ResizeCrop:
+    """Resize the shorter side to `size`, then crop the centre `size` x `size`.
+    PIL image -> PIL image, or uint8 tensor (3, h, w) -> (3, size, size)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: Image.Image | Tensor) -> Image.Image | Tensor:
+        return center_crop(resize(image, self.size, antialias=True), [self.size, self.size])
+
+
+def to_tensor_images(dataset: Dataset, image_size: int, num_workers: int = 0,
+                     progress: bool = True) -> Tensor:
+    """Load every image of `dataset` (items (PIL image or uint8 tensor, label)), resize its
+    shorter side to `image_size`, centre-crop, and stack: uint8 (N, 3, image_size, image_size).
+    For a folder with unreadable files, `scan()` it first so that images and labels stay aligned.
+    """
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size={image_size!r} must be a positive int")
+    n = len(dataset)  # type: ignore[arg-type]
+    out = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
+    loader = DataLoader(_AsTensor(dataset, image_size), batch_size=None, num_workers=num_workers)
+    for i, image in enumerate(tqdm(loader, total=n, desc="loading images", disable=not progress)):
+        out[i] = image  # (3, S, S)
+    return out
+
+
+class _AsTensor(Dataset):
+    """The images of `dataset` as uint8 tensors (3, size, size), for `to_tensor_images`."""
+
+    def __init__(self, dataset: Dataset, size: int) -> None:
+        self.dataset, self.resize_crop = dataset, ResizeCrop(size)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Tensor:
+        image = self.dataset[i][0]
+        if isinstance(image, Image.Image):
+            image = pil_to_tensor(image.convert("RGB"))  # (3, h, w) uint8
+        return self.resize_crop(image)  # (3, size, size) uint8
+
+
+# ---------------------------------------------------------------- a folder of your own images
+class BadImageWarning(UserWarning):
+    """A file in an image folder that cannot be read as an image; it is skipped."""
+
+
+class ImageFolderDataset(Dataset):
+    """Images laid out one folder per class, `root/<class>/**/<file>`, as (PIL RGB image, label).
+
+    Unlike torchvision's ImageFolder, every non-hidden file is a candidate, and one that cannot be
+    read as an image (a text file, a corrupt or truncated JPEG) is named in a `BadImageWarning`,
+    once, and skipped: `__getitem__` returns the next readable sample instead. With
+    on_bad_file="error" it raises a ValueError naming the file. `scan()` checks every file up
+    front and drops the bad ones.
+    """
+
+    def __init__(self, root: str | Path, transform: Any = None, on_bad_file: str = "skip",
+                 samples: list[tuple[Path, int]] | None = None) -> None:
+        if on_bad_file not in ("skip", "error"):
+            raise ValueError(f"on_bad_file={on_bad_file!r} must be 'skip' or 'error'")
+        self.root, self.transform, self.on_bad_file = Path(root), transform, on_bad_file
+        self.classes = _class_folders(self.root)
+        self.samples = samples if samples is not None else _list_files(self.root, self.classes)
+        if not self.samples:
+            raise ValueError(f"no files found in the class folders of {str(self.root)!r}")
+        self.bad: set[Path] = set()  # files found unreadable, each reported once
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _open(self, path: Path) -> Image.Image | None:
+        """The image at `path`, or None (reported once) when it cannot be read."""
+        if path in self.bad:
+            return None
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")  # decodes every pixel: finds truncated files too
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            reason = f"{type(err).__name__}: {err}"
+            if self.on_bad_file == "error":
+                raise ValueError(f"cannot read {str(path)!r} as an image ({reason}); remove the "
+                                 "file or pass on_bad_file='skip'") from err
+            self.bad.add(path)
+            warnings.warn(f"skipping {str(path)!r}: not a readable image ({reason})",
+                          BadImageWarning, stacklevel=3)
+            return None
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        for k in range(len(self.samples)):
+            path, label = self.samples[(i + k) % len(self.samples)]
+            image = self._open(path)
+            if image is not None:
+                return (self.transform(image) if self.transform else image), label
+        raise ValueError(f"no file under {str(self.root)!r} could be read as an image")
+
+    def scan(self, progress: bool = False) -> list[Path]:
+        """Open every file now; drop and return the unreadable ones (each reported once)."""
+        kept = [(p, y) for p, y in tqdm(self.samples, desc="scanning", disable=not progress)
+                if self._open(p) is not None]
+        dropped = [p for p, _ in self.samples if p in self.bad]
+        if not kept:
+            raise ValueError(f"no file under {str(self.root)!r} could be read as an image")
+        self.samples = kept
+        return dropped
+
+
+def _class_folders(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{str(root)!r} has no class folders: expected root/<class>/<image>")
+    return classes
+
+
+def _list_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    samples = []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+            if path.is_file() and not hidden:
+                samples.append((path, label))
+    return samples
+
+
+def _load_folder(path: str | Path | None, split: str, on_bad_file: str, scan: bool = False,
+                 holdout: float = 0.1) -> ImageFolderDataset:
+    """`path/<split>/<class>/...` when `path` has split folders; otherwise `path/<class>/...`
+    is split here: every (1 / holdout)-th file of each class, in name order, is held out."""
+    if path is None:
+        raise ValueError("dataset 'folder' needs path=<folder with one sub-folder per class>")
+    root = Path(path).expanduser()
+    _class_folders(root)  # exists and has sub-folders
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    if present:
+        wanted = [split] if split == "train" else [split, "test" if split == "val" else "val"]
+        found = [s for s in wanted if s in present]
+        if not found:
+            raise ValueError(f"split={split!r}: {str(root)!r} has split folders {present} but "
+                             f"no {' or '.join(wanted)!r}; point path at a folder of class "
+                             "folders to hold out part of it instead")
+        dataset = ImageFolderDataset(root / found[0], on_bad_file=on_bad_file)
+    else:
+        if not 0.0 < holdout < 1.0:
+            raise ValueError(f"holdout={holdout} must be in (0, 1)")
+        full = ImageFolderDataset(root, on_bad_file=on_bad_file)
+        per_class: dict[int, int] = {}
+        samples = []
+        for p, y in full.samples:
+            i = per_class[y] = per_class.get(y, -1) + 1
+            held_out = int((i + 1) * holdout) > int(i * holdout)
+            if held_out == (split != "train"):
+                samples.append((p, y))
+        if not samples:
+            raise ValueError(f"split={split!r}: holdout={holdout} leaves no files for it in "
+                             f"{str(root)!r} (each class needs at least {round(1 / holdout)})")
+        dataset = ImageFolderDataset(root, on_bad_file=on_bad_file, samples=samples)
+    if scan:
+        dataset.scan(progress=True)
+    return dataset
+
+
+# ---------------------------------------------------------------- torchvision datasets
+def _download_command(name: str, root: str | Path) -> str:
+    return f"python -m minidino download {name} --root {shlex.quote(str(root))}"
+
+
+def _torchvision(name: str, split: str, root: Path, download: bool, size: str = "160px") -> Any:
+    """Build the torchvision dataset, turning its errors into ones that say what to do."""
+    cls_name, folder, megabytes = _TORCHVISION[name]
+    if name == "imagenette":
+        folder = f"imagenette2-{size}" if size != "full" else "imagenette2"
+        kwargs: dict[str, Any] = {"split": "train" if split == "train" else "val", "size": size}
+    else:
+        kwargs = {"train": split == "train"}
+    where = root / folder
+    try:
+        return getattr(tvd, cls_name)(str(root), download=download, **kwargs)
+    except (OSError, RuntimeError) as err:
+        command = _download_command(name, root)
+        if not download and not where.exists():
+            raise FileNotFoundError(f"{name} not found: looked for {str(where)!r} (download=False)."
+                                    f" Download it (about {megabytes}) with:\n    {command}\n"
+                                    "or pass download=True.") from err
+        if not download:
+            raise RuntimeError(f"{name} in {str(where)!r} is incomplete or corrupted ({err}). "
+                               f"Delete that folder and download again with:\n    {command}"
+                               ) from err
+        raise RuntimeError(f"could not download {name} into {str(root)!r}: {type(err).__name__}: "
+                           f"{err}. Check the network connection, or run on a machine with "
+                           f"network:\n    {command}\nand copy the folder {folder!r} into "
+                           f"{str(root)!r}.") from err
+
+
+def download(name: str, root: str | Path = "data") -> None:
+    """Download dataset `name` into `root` (both splits). The built-in shapes need nothing."""
+    if name not in DATASETS:
+        raise ValueError(f"name={name!r} is not a dataset; available: {', '.join(DATASETS)}")
+    if name == "folder":
+        raise ValueError("name='folder' is your own images: there is nothing to download")
+    if name != "shapes":
+        for split in ("train", "test"):
+            _torchvision(name, split, Path(root).expanduser(), download=True)
+
+
+def load_dataset(name: str, split: str = "train", root: str | Path = "data",
+                 download: bool = True, image_size: int | None = None,
+                 path: str | Path | None = None, on_bad_file: str = "skip",
+                 **kwargs: Any) -> DatasetSplit:
+    """Load one split of dataset `name` (one of DATASETS).
+
+    split: "train", or "test"/"val" for the held-out split (ImageNette calls it "val").
+    root: where torchvision datasets live or are downloaded to. image_size: the built-in shapes
+    are drawn at this size (default 32); CIFAR is resized to it; ImageNette and folder images are
+    resized (shorter side) and centre-cropped to it when read. path: the image folder for "folder".
+    kwargs: shapes: difficulty, n_images, seed; imagenette: size ("160px", "320px", "full"),
+    resident; folder: scan (check every file now), holdout (fraction held out when the folder
+    has no train/val/test sub-folders, default 0.1), resident. resident=True loads a lazy split
+    into `images` with `to_tensor_images` (needs image_size).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"name={name!r} is not a dataset; available: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} must be one of {', '.join(SPLITS)}")
+    unknown = set(kwargs) - _EXTRA_KWARGS[name]
+    if unknown:
+        raise ValueError(f"unknown argument(s) {sorted(unknown)} for dataset {name!r}; it takes "
+                         f"{sorted(_EXTRA_KWARGS[name]) or 'none'}")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size={image_size!r} must be a positive int or None")
+    if on_bad_file not in ("skip", "error"):
+        raise ValueError(f"on_bad_file={on_bad_file!r} must be 'skip' or 'error'")
+    if path is not None and name != "folder":
+        raise ValueError(f"path={str(path)!r} is for dataset 'folder'; {name!r} lives in root")
+    root = Path(root).expanduser()
+    held_out = "train" if split == "train" else "test"
+
+    if name == "shapes":
+        shapes = ShapesDataset(held_out, image_size=image_size or 32, **kwargs)
+        return DatasetSplit(shapes.images, shapes.labels, shapes.classes, shapes, shapes.masks)
+
+    if name in ("cifar10", "cifar100"):
+        tv = _torchvision(name, split, root, download)
+        images = torch.from_numpy(tv.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
+        if image_size is not None and image_size != images.shape[-1]:
+            images = resize(images, [image_size, image_size], antialias=True)  # (N, 3, S, S)
+        labels = torch.as_tensor(tv.targets, dtype=torch.int64)
+        return DatasetSplit(images, labels, list(tv.classes), TensorImageDataset(images, labels))
+
+    resident = kwargs.pop("resident", False)
+    if resident and image_size is None:
+        raise ValueError("resident=True needs image_size: the images are stacked at one size")
+    transform = ResizeCrop(image_size) if image_size is not None else None
+    if name == "imagenette":
+        tv = _torchvision(name, split, root, download, size=kwargs.get("size", "160px"))
+        tv.transform = transform
+        # torchvision keeps the (path, label) list in `_samples`; labels need no image decoding
+        labels = torch.tensor([label for _, label in tv._samples], dtype=torch.int64)
+        classes = [names[0] for names in tv.classes]  # each class is a tuple of synonyms
+        dataset: Dataset = tv
+    else:
+        kwargs["scan"] = kwargs.get("scan", False) or resident  # keep images and labels aligned
+        dataset = _load_folder(path, split, on_bad_file, **kwargs)
+        dataset.transform = transform
+        labels = torch.tensor(dataset.targets, dtype=torch.int64)
+        classes = dataset.classes
+    images = to_tensor_images(dataset, image_size) if resident else None
+    return DatasetSplit(images, labels, classes, dataset)

@@ -1,0 +1,81 @@
+"""Figures: training and collapse curves, and the attention maps of the CLS token per head."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from minidino.augment import normalize
+from minidino.vit import VisionTransformer
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_training_curves(metrics_path: str | Path, out_dim: int) -> plt.Figure:
+    """Loss, teacher entropy (against its bounds 0 and log K) and KL(teacher || student)."""
+    records = read_jsonl(metrics_path)
+    diag = [r for r in records if "teacher_entropy" in r]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot([r["step"] for r in records], [r["loss"] for r in records], lw=0.8)
+    axes[0].set(title="DINO loss", xlabel="step", ylabel="cross-entropy (nats)")
+    steps = [r["step"] for r in diag]
+    axes[1].plot(steps, [r["teacher_entropy"] for r in diag], label="H(teacher)")
+    axes[1].axhline(math.log(out_dim), ls="--", c="gray", label="log K (uniform)")
+    axes[1].axhline(0, ls=":", c="gray", label="0 (one prototype)")
+    axes[1].set(title="teacher entropy", xlabel="step", ylabel="nats")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(steps, [r["kl_teacher_student"] for r in diag])
+    axes[2].set(title="KL(teacher || student)", xlabel="step", ylabel="nats")
+    fig.suptitle("Healthy training: loss falls, entropy stays between 0 and log K, KL stays > 0")
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def cls_attention_maps(backbone: VisionTransformer, images: Tensor) -> Tensor:
+    """Last-layer attention of the CLS token to every patch, per head.
+
+    images: uint8 (B, 3, H, W) -> (B, h, H/p, W/p), each map summing to 1 over its patches
+    (register tokens excluded, the rest renormalised).
+    """
+    was_training = backbone.training
+    backbone.eval()
+    x = normalize(images.to(next(backbone.parameters()).device))  # (B, 3, H, W)
+    attn = backbone.get_last_selfattention(x).float()  # (B, h, T, T)
+    backbone.train(was_training)
+    p = backbone.patch_size
+    gh, gw = images.shape[-2] // p, images.shape[-1] // p
+    cls_to_patches = attn[:, :, 0, backbone.num_prefix_tokens:]  # (B, h, N)
+    cls_to_patches = cls_to_patches / cls_to_patches.sum(-1, keepdim=True)
+    return cls_to_patches.reshape(*cls_to_patches.shape[:2], gh, gw).cpu()  # (B, h, gh, gw)
+
+
+def plot_attention_maps(backbone: VisionTransformer, images: Tensor, n_images: int = 6
+                        ) -> plt.Figure:
+    """One row per image: the image, then the CLS attention map of each head (upsampled)."""
+    images = images[:n_images]
+    maps = cls_attention_maps(backbone, images)  # (B, h, gh, gw)
+    maps = F.interpolate(maps, size=images.shape[-2:], mode="nearest")  # (B, h, H, W)
+    B, h = maps.shape[:2]
+    fig, axes = plt.subplots(B, h + 1, figsize=(1.6 * (h + 1), 1.6 * B), squeeze=False)
+    for i in range(B):
+        axes[i, 0].imshow(images[i].permute(1, 2, 0).cpu().numpy())
+        for j in range(h):
+            axes[i, j + 1].imshow(maps[i, j].numpy(), cmap="inferno")
+        if i == 0:
+            axes[0, 0].set_title("image", fontsize=9)
+            for j in range(h):
+                axes[0, j + 1].set_title(f"head {j}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.suptitle("Last-layer attention of the CLS token, per head", fontsize=10)
+    fig.tight_layout()
+    return fig

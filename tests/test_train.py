@@ -1,0 +1,109 @@
+"""The training loop: one full step, loss going down, exact resume, the NaN guard, the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from minidino import train as train_module
+from minidino.augment import BatchedMultiCrop, small_image_config
+from minidino.config import TrainConfig, fast_config, get_preset
+from minidino.head import DINOHead, MultiCropWrapper
+from minidino.loss import DINOLoss
+from minidino.teacher import build_teacher, ema_update_
+from minidino.train import NonFiniteLossError, train
+from minidino.vit import vit_nano
+
+
+def tiny_config(tmp_path, **changes) -> TrainConfig:
+    cfg = replace(fast_config(get_preset("cpu-demo")), out_dir=str(tmp_path), log_every=2)
+    return replace(cfg, **changes)
+
+
+def losses(run_dir) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def test_one_full_step_on_random_images():
+    torch.manual_seed(0)
+    crops_cfg = small_image_config(32, n_local_crops=2)
+    student = MultiCropWrapper(vit_nano(depth=1), DINOHead(96, 64, hidden_dim=32,
+                                                            bottleneck_dim=16))
+    teacher = build_teacher(student)
+    loss_fn = DINOLoss(out_dim=64, n_crops=crops_cfg.n_crops)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+
+    crops = BatchedMultiCrop(crops_cfg)(images)
+    assert [tuple(c.shape) for c in crops] == [(8, 3, 32, 32)] * 2 + [(8, 3, 16, 16)] * 2
+    teacher_out = teacher(crops[:2])  # (2B, K)
+    student_out = student(crops)  # (4B, K)
+    assert teacher_out.shape == (16, 64) and student_out.shape == (32, 64)
+    loss = loss_fn(student_out, teacher_out, teacher_temp=0.04)
+    before_s = [p.detach().clone() for p in student.parameters()]
+    before_t = [p.detach().clone() for p in teacher.parameters()]
+    opt.zero_grad()
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    opt.step()
+    changed = [not torch.equal(a, p) for a, p in zip(before_s, student.parameters(), strict=True)]
+    assert sum(changed) > len(changed) // 2  # the optimizer moved the student
+    assert all(torch.equal(a, p) for a, p in zip(before_t, teacher.parameters(), strict=True))
+    ema_update_(teacher, student, momentum=0.9)
+    for old, t, s in zip(before_t, teacher.parameters(), student.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.9 * old + 0.1 * s)  # only the EMA moved the teacher
+
+
+def test_one_epoch_of_cpu_demo_lowers_the_loss(tmp_path):
+    cfg = replace(get_preset("cpu-demo"), out_dir=str(tmp_path), n_train=1280, epochs=1,
+                  warmup_epochs=0, log_every=5)
+    result = train(cfg, progress=False)
+    values = list(losses(result["run_dir"]).values())
+    assert len(values) == 20
+    assert sum(values[-5:]) / 5 < sum(values[:5]) / 5 - 0.05
+
+
+@pytest.mark.parametrize("stop_at", [4, 6])  # the end of epoch 1, and mid-epoch 2
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_at):
+    cfg = tiny_config(tmp_path / "full", epochs=3, drop_path=0.1)
+    full = losses(train(cfg, progress=False)["run_dir"])
+    assert len(full) == 12
+    cut = replace(cfg, out_dir=str(tmp_path / "cut"), max_steps=stop_at)
+    run_dir = train(cut, progress=False)["run_dir"]
+    resumed = train(replace(cut, max_steps=None), resume=run_dir / "checkpoint.pt",
+                    progress=False)
+    assert resumed["steps"] == 12
+    assert losses(run_dir) == full  # same steps, same losses, none lost or repeated
+
+
+def test_a_non_finite_loss_stops_the_run_and_names_the_step(tmp_path, monkeypatch):
+    class BreaksAtStep3(DINOLoss):
+        calls = 0
+
+        def forward(self, student_out, teacher_out, teacher_temp):
+            BreaksAtStep3.calls += 1
+            loss = super().forward(student_out, teacher_out, teacher_temp)
+            return loss * float("nan") if BreaksAtStep3.calls == 4 else loss
+
+    monkeypatch.setattr(train_module, "DINOLoss", BreaksAtStep3)
+    cfg = tiny_config(tmp_path, epochs=2)  # 4 steps per epoch: step 3 is in epoch 0
+    with pytest.raises(NonFiniteLossError, match="at step 3.*no checkpoint was written yet"):
+        train(cfg, progress=False)
+    BreaksAtStep3.calls = -4  # now it breaks at step 7, after epoch 0's checkpoint
+    with pytest.raises(NonFiniteLossError, match="at step 7.*last good checkpoint"):
+        train(cfg, progress=False)
+
+
+def test_cli_train_writes_config_metrics_and_checkpoint(tmp_path):
+    from minidino.__main__ import main
+
+    assert main(["train", "--fast", "--no-progress", "--out-dir", str(tmp_path),
+                 "--run-name", "cli", "--epochs", "1"]) == 0
+    run_dir = tmp_path / "cli"
+    assert TrainConfig.load(run_dir / "config.json").epochs == 1
+    assert (run_dir / "checkpoint.pt").exists() and losses(run_dir)
+    assert main(["train", "--fast", "--teacher-temp", "-1"]) == 2  # a clear error, no traceback
