@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint lab bench clean
+.PHONY: install demo test lint lab bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m minidino.bench augment
+	$(BIN)/python -m minidino.bench train
+
+# On a machine with one CUDA GPU and CIFAR-10 as one folder per class in $(CIFAR_DIR):
+CIFAR_DIR ?= data/cifar10-folder/train
+bench-gpu: $(STAMP)
+	PYTHONUNBUFFERED=1 $(BIN)/python -m minidino.gpu_check --data-path $(CIFAR_DIR)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "presets":
             for name, cfg in PRESETS.items():
                 print(f"{name}: {replace(cfg, extra={})}")
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"minidino: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:

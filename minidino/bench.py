@@ -6,6 +6,8 @@ run while a ratio measured within one run moves much less.
 
 Subcommands:
   augment   multi-crop augmentation: per-image torchvision pipeline vs batched tensor ops.
+  train     the training step: model only, end to end on the device path and on the
+            DataLoader path (see minidino/bench_train.py).
 
 Add a subcommand by writing `bench_<name>(args)` and registering it in `build_parser`.
 """
@@ -76,6 +78,29 @@ def bench_augment(args: argparse.Namespace) -> None:
     torch.set_num_threads(default_threads)
 
 
+def bench_train(args: argparse.Namespace) -> None:
+    """images/s of the training step for each preset: model only, device path, DataLoader."""
+    from dataclasses import replace
+
+    from minidino.bench_train import bench_training, format_rows
+    from minidino.config import get_preset
+    from minidino.train import pick_device
+
+    device = pick_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    print(f"torch {torch.__version__}, device {device} ({name}), threads {torch.get_num_threads()}")
+    for preset in args.preset.split(","):
+        cfg = get_preset(preset.strip())
+        if args.batch_size:
+            cfg = replace(cfg, batch_size=args.batch_size)
+        rows = bench_training(cfg, device, steps=args.steps, num_workers=args.workers,
+                              loader=not args.no_loader)
+        title = (f"\n{preset}: {cfg.arch}/{cfg.patch_size}, batch {cfg.batch_size}, "
+                 f"2 x {cfg.global_size} + {cfg.n_local_crops} x {cfg.local_size} px, "
+                 f"K={cfg.out_dim}")
+        print(format_rows(title, rows), flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m minidino.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated torch thread counts to run both at, e.g. '1,default' "
                         "('default' = torch's); 1 compares per core, as a DataLoader worker runs")
     p.set_defaults(func=bench_augment)
+    p = sub.add_parser("train", help="training step: model only, device path, DataLoader path")
+    p.add_argument("--preset", default="cpu-demo,cifar10",
+                   help="comma-separated presets to measure")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per row")
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for its row")
+    p.add_argument("--no-loader", action="store_true", help="skip the DataLoader row")
+    p.set_defaults(func=bench_train)
     return parser
 
 

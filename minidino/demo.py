@@ -16,7 +16,8 @@ from minidino.checkpoint import load_backbone_weights, load_checkpoint
 from minidino.config import TrainConfig
 from minidino.data import DatasetSplit, to_tensor_images
 from minidino.evaluate import extract_features, knn_accuracy, linear_probe
-from minidino.train import build_backbone, load_splits, pick_device, train
+from minidino.step import build_backbone
+from minidino.train import load_splits, pick_device, train
 from minidino.viz import plot_attention_maps, plot_training_curves
 
 

@@ -20,16 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-# ImageNet channel statistics, the usual normalisation for ViTs (also used for CIFAR here).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """uint8 (B, C, H, W) -> float (B, C, H, W): scale to [0, 1], subtract mean, divide by std."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)  # (1, C, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)  # (1, C, 1, 1)
-    return (images.float() / 255.0 - mean_t) / std_t  # (B, C, H, W)
+from minidino.augment_batched import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 
 def _cls_feature(out: Tensor) -> Tensor:
@@ -93,7 +84,7 @@ def extract_features(
         for x in tqdm(batches, total=n_batches, desc="features", disable=not progress):
             x = x.to(device, non_blocking=True)  # (B, C, H, W)
             if x.dtype == torch.uint8:
-                x = _normalize(x, mean, std)  # (B, C, H, W) float
+                x = normalize(x, mean, std)  # (B, C, H, W) float
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out = backbone(x)  # (B, D) or (B, N, D)
             features.append(_cls_feature(out).float().cpu())  # (B, D)

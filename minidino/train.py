@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from minidino.augment import MultiCropConfig, small_image_config
@@ -31,16 +30,8 @@ from minidino.checkpoint import (
 )
 from minidino.config import TrainConfig
 from minidino.data import DatasetSplit, load_dataset
-from minidino.head import DINOHead, MultiCropWrapper
-from minidino.loss import DINOLoss, teacher_temp_schedule
 from minidino.metrics import collapse_metrics
-from minidino.teacher import (
-    build_teacher,
-    cancel_last_layer_gradients,
-    cosine_schedule,
-    ema_update_,
-)
-from minidino.vit import VIT_FACTORIES, VisionTransformer
+from minidino.step import build_parts, train_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,58 +49,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def build_backbone(cfg: TrainConfig) -> VisionTransformer:
-    sizes = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth),
-                               ("num_heads", cfg.num_heads)) if v is not None}
-    return VIT_FACTORIES[cfg.arch](patch_size=cfg.patch_size, img_size=cfg.global_size,
-                                   drop_path_rate=cfg.drop_path, n_registers=cfg.n_registers,
-                                   **sizes)
-
-
-def build_student(cfg: TrainConfig) -> MultiCropWrapper:
-    backbone = build_backbone(cfg)
-    head = DINOHead(backbone.embed_dim, cfg.out_dim, hidden_dim=cfg.hidden_dim,
-                    bottleneck_dim=cfg.bottleneck_dim, norm_last_layer=cfg.norm_last_layer)
-    return MultiCropWrapper(backbone, head)
-
-
 def crop_config(cfg: TrainConfig) -> MultiCropConfig:
     base = small_image_config(cfg.global_size, n_local_crops=cfg.n_local_crops)
     return MultiCropConfig(**{**base.__dict__, "global_size": cfg.global_size,
                               "local_size": cfg.local_size, "global_scale": cfg.global_scale,
                               "local_scale": cfg.local_scale, "blur_sigma": cfg.blur_sigma})
-
-
-def param_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """Weight decay on matrices only; biases and norm parameters (1-D) get none, as in DINO."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-@dataclass
-class Schedules:
-    """Per-step values of everything that changes during training."""
-
-    lr: Tensor  # (total_steps,)
-    weight_decay: Tensor
-    teacher_momentum: Tensor
-    teacher_temp: Tensor
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, steps_per_epoch: int) -> Schedules:
-        total = cfg.epochs * steps_per_epoch
-        peak_lr = cfg.lr * cfg.batch_size / 256  # the linear scaling rule
-        return cls(
-            lr=cosine_schedule(peak_lr, cfg.min_lr, total, cfg.warmup_epochs * steps_per_epoch),
-            weight_decay=cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, total),
-            teacher_momentum=cosine_schedule(cfg.teacher_momentum, 1.0, total),
-            teacher_temp=teacher_temp_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp,
-                                               cfg.warmup_teacher_temp_epochs * steps_per_epoch,
-                                               total),
-        )
 
 
 def load_splits(cfg: TrainConfig) -> tuple[DatasetSplit, DatasetSplit]:
@@ -119,6 +63,8 @@ def load_splits(cfg: TrainConfig) -> tuple[DatasetSplit, DatasetSplit]:
         kwargs["difficulty"] = cfg.difficulty
     if cfg.dataset == "folder":
         kwargs["path"] = cfg.data_path
+    if cfg.dataset in ("folder", "imagenette") and cfg.data_mode == "device":
+        kwargs["resident"] = True  # decode and resize every image once, keep them as uint8
     train = load_dataset(cfg.dataset, split="train", **kwargs)
     test = load_dataset(cfg.dataset, split="test", **kwargs)
     return train, test
@@ -141,30 +87,27 @@ def make_batches(cfg: TrainConfig, train: DatasetSplit, device: torch.device):
     return LoaderBatches(dataset, cfg.batch_size, crops, cfg.seed, device, cfg.num_workers)
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True
-          ) -> dict[str, Any]:
-    """Train a DINO student and its EMA teacher; return the models and the run folder."""
+def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
+          train_split: DatasetSplit | None = None) -> dict[str, Any]:
+    """Train a DINO student and its EMA teacher; return the models and the run folder.
+
+    `train_split` may be passed when the caller has loaded it already (else it is loaded)."""
     device = pick_device(cfg.device)
     run_dir = Path(cfg.out_dir) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
     print(f"minidino: training on {device}; run folder {run_dir}\n{cfg.to_json()}")
 
-    torch.manual_seed(cfg.seed)
-    student = build_student(cfg).to(device)
-    teacher = build_teacher(student)
-    train_split, _ = load_splits(cfg)
+    if train_split is None:
+        train_split, _ = load_splits(cfg)
     batches = make_batches(cfg, train_split, device)
     steps_per_epoch = batches.steps_per_epoch
-    sched = Schedules.build(cfg, steps_per_epoch)
+    parts = build_parts(cfg, steps_per_epoch, device)
+    student, teacher, loss_fn, optimizer = parts.student, parts.teacher, parts.loss_fn, \
+        parts.optimizer
+    sched = parts.schedules
     total_steps = cfg.epochs * steps_per_epoch
     last_step = min(total_steps, cfg.max_steps or total_steps)
-
-    loss_fn = DINOLoss(cfg.out_dim, cfg.n_crops, cfg.student_temp,
-                       cfg.center_momentum).to(device)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(param_groups(student), lr=0.0, fused=fused)
-    step_fn = _compiled_forward(cfg, student, teacher)
     ckpt_path = run_dir / "checkpoint.pt"
 
     start = 0
@@ -180,7 +123,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         _truncate_jsonl(run_dir / "metrics.jsonl", start)
         print(f"minidino: resumed from {resume} at step {start}")
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     log = (run_dir / "metrics.jsonl").open("a")
     bar = tqdm(total=last_step, initial=start, disable=not progress, desc="train", unit="step")
     pending: list[tuple[int, Tensor]] = []  # losses not yet read back from the device
@@ -215,29 +157,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         while step < last_step:
             epoch, it = divmod(step, steps_per_epoch)
             for crops in batches.epoch(epoch, start=it):
-                for i, group in enumerate(optimizer.param_groups):
-                    group["lr"] = float(sched.lr[step])
-                    if i == 0:
-                        group["weight_decay"] = float(sched.weight_decay[step])
-                teacher_temp = float(sched.teacher_temp[step])
-                with autocast:
-                    student_out, teacher_out = step_fn(crops)  # (n_crops*B, K), (2*B, K)
-                loss = loss_fn(student_out.float(), teacher_out.float(), teacher_temp)
-
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad > 0:
-                    nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
-                cancel_last_layer_gradients(student, epoch, cfg.freeze_last_layer)
-                optimizer.step()
-                ema_update_(teacher, student, float(sched.teacher_momentum[step]))
-
-                pending.append((step, loss.detach()))
+                out = train_step(parts, crops, step)
+                pending.append((step, out["loss"]))
                 step += 1
                 seen += crops[0].shape[0]
                 if step % cfg.log_every == 0 or step == last_step:
-                    diag = collapse_metrics(teacher_out.float(), student_out.float(),
-                                            loss_fn.center, teacher_temp, cfg.student_temp)
+                    diag = collapse_metrics(out["teacher_out"].float(),
+                                            out["student_out"].float(), loss_fn.center,
+                                            out["teacher_temp"], cfg.student_temp)
                     diag["images_per_s"] = seen / (time.perf_counter() - t0)
                     last_loss = float(pending[-1][1])
                     flush(diag)
@@ -261,17 +188,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     elapsed = time.perf_counter() - t0
     return {"student": student, "teacher": teacher, "run_dir": run_dir, "steps": step,
             "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9), "config": cfg}
-
-
-def _compiled_forward(cfg: TrainConfig, student: nn.Module, teacher: nn.Module):
-    """The two forwards of a step; compiled with torch.compile when cfg.compile is set."""
-
-    def forward(crops: list[Tensor]) -> tuple[Tensor, Tensor]:
-        teacher_out = teacher(crops[:2])  # (2*B, K): the teacher sees only the global crops
-        student_out = student(crops)  # (n_crops*B, K)
-        return student_out, teacher_out
-
-    return torch.compile(forward) if cfg.compile else forward
 
 
 def _truncate_jsonl(path: Path, step: int) -> None:

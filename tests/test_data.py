@@ -267,8 +267,12 @@ def folder(tmp_path: Path) -> Path:
         _write_image(root / "cat" / f"cat_{i}.png", (250, 250, 250))
         _write_image(root / "dog" / f"dog_{i}.png", (10, 10, 10))
     jpeg = io.BytesIO()
-    Image.new("RGB", (64, 64), (120, 60, 30)).save(jpeg, format="JPEG")
-    (root / "cat" / "broken.jpg").write_bytes(jpeg.getvalue()[:300])  # cut off mid-file
+    noise = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(jpeg, format="JPEG")
+    broken = root / "cat" / "broken.jpg"
+    broken.write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])  # cut off mid-file
+    with Image.open(broken) as image:  # the header is intact: only decoding finds the damage
+        assert image.size == (64, 64)
     (root / "dog" / "notes.txt").write_text("not an image\n")
     (root / "dog" / ".DS_Store").write_bytes(b"\0")  # hidden files are ignored silently
     return root

@@ -1,0 +1,76 @@
+"""A prepared GPU check: benchmarks, then a short CIFAR-10 training sized to a time budget.
+
+    python -m minidino.gpu_check --data-path cifar10/train --train-seconds 240
+
+1. multi-crop images/s on the GPU (batched) against the per-image pipeline on one CPU core;
+2. the training step for `cpu-demo` and `cifar10`: model only, device path, DataLoader path,
+   with peak memory and an MFU estimate;
+3. `cifar10` on a folder copy of CIFAR-10 (one folder per class; every 10th image of each class
+   held out), with the number of epochs chosen from the measured speed so that training takes
+   about `--train-seconds`; then kNN top-1 of the teacher on the held-out images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import torch
+
+from minidino.bench import main as bench_main
+from minidino.bench_train import bench_training, format_rows
+from minidino.config import get_preset
+from minidino.demo import knn_top1
+from minidino.train import load_splits, train
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-path", required=True, help="CIFAR-10 as one folder per class")
+    parser.add_argument("--train-seconds", type=float, default=240.0)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--out-dir", default="runs")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_check needs a CUDA GPU")
+    device = torch.device("cuda")
+    print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
+
+    bench_main(["augment", "--device", "cuda", "--n-images", "4096"])
+    rates = {}
+    for preset in ("cpu-demo", "cifar10"):
+        cfg = replace(get_preset(preset), batch_size=args.batch_size if preset == "cifar10"
+                      else get_preset(preset).batch_size)
+        rows = bench_training(cfg, device, steps=20, num_workers=args.workers)
+        print(format_rows(f"\n{preset} ({cfg.arch}/{cfg.patch_size}, batch {cfg.batch_size})",
+                          rows), flush=True)
+        rates[preset] = rows[1]["images_per_s"]
+
+    cfg = replace(get_preset("cifar10"), dataset="folder", data_path=args.data_path,
+                  data_mode="device", batch_size=args.batch_size, out_dir=args.out_dir,
+                  run_name="gpu-check", device="cuda", n_eval=None, log_every=50)
+    t0 = time.perf_counter()
+    train_split, test_split = load_splits(cfg)
+    n_train = train_split.images.shape[0]
+    print(f"\nloaded {n_train} training and {test_split.images.shape[0]} held-out images "
+          f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    epochs = max(2, int(args.train_seconds * rates["cifar10"] / n_train))
+    cfg = replace(cfg, epochs=epochs, warmup_epochs=max(1, epochs // 10),
+                  teacher_momentum=0.99 if epochs < 50 else 0.996)
+    print(f"training cifar10 for {epochs} epochs (about {args.train_seconds:.0f} s at "
+          f"{rates['cifar10']:,.0f} images/s)", flush=True)
+    result = train(cfg, progress=False, train_split=train_split)
+    knn = knn_top1(result["teacher"].backbone, train_split, test_split, cfg, device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    print(f"\ncifar10 on {torch.cuda.get_device_name(device)}: {epochs} epochs, "
+          f"{result['steps']} steps in {result['seconds']:.0f} s "
+          f"({result['images_per_s']:,.0f} images/s end to end, peak {peak:.1f} GiB); "
+          f"teacher kNN top-1 {knn['top1']:.1f}%, top-5 {knn['top5']:.1f}% "
+          f"on {test_split.images.shape[0]} held-out images")
+
+
+if __name__ == "__main__":
+    main()
