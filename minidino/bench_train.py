@@ -52,7 +52,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def _rate(cfg: TrainConfig, device: torch.device, make_crops: Any, steps: int, warmup: int
           ) -> float:
-    parts = build_parts(cfg, steps_per_epoch=10**6, device=device)
+    parts = build_parts(cfg, steps_per_epoch=steps + warmup, device=device)
     it = make_crops()
     for i in range(warmup):
         train_step(parts, next(it), i)
@@ -68,7 +68,7 @@ def _rate(cfg: TrainConfig, device: torch.device, make_crops: Any, steps: int, w
 def bench_training(cfg: TrainConfig, device: torch.device, steps: int = 20, warmup: int = 3,
                    num_workers: int = 2, loader: bool = True) -> list[dict[str, Any]]:
     """Measure the three rows for `cfg` on `device` with random uint8 images."""
-    cfg = replace(cfg, epochs=10**6, warmup_epochs=0, device=device.type)
+    cfg = replace(cfg, epochs=1, warmup_epochs=0, freeze_last_layer=0, device=device.type)
     n = cfg.batch_size * (steps + warmup + 1)
     g = torch.Generator().manual_seed(0)
     size = (n, 3, cfg.image_size, cfg.image_size)

@@ -82,8 +82,9 @@ def load_backbone_weights(backbone: torch.nn.Module, state_dict: dict[str, torch
                     for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
     if missing or unexpected or shapes:
         raise ValueError("checkpoint does not match this architecture: "
-                         f"missing keys {missing[:8]}, unexpected keys {unexpected[:8]}, "
-                         f"shape mismatches {shapes[:8]}")
+                         f"{len(missing)} missing keys {missing[:8]}, "
+                         f"{len(unexpected)} unexpected keys {unexpected[:8]}, "
+                         f"{len(shapes)} shape mismatches {shapes[:8]}")
     backbone.load_state_dict(state_dict, strict=True)
 
 

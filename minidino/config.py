@@ -61,6 +61,8 @@ class TrainConfig:
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    jitter_p: float = 0.8  # probability of colour jitter per crop
+    solarize_p: float = 0.2  # probability of solarization of the second global crop
     # DINO loss
     student_temp: float = 0.1
     teacher_temp: float = 0.04
@@ -146,6 +148,8 @@ def _validate(c: TrainConfig) -> None:
     for name in ("center_momentum", "teacher_momentum"):
         need(0 <= getattr(c, name) <= 1, name, "a momentum must lie in [0, 1]")
     need(0 <= c.drop_path < 1, "drop_path", "must lie in [0, 1)")
+    for name in ("jitter_p", "solarize_p"):
+        need(0 <= getattr(c, name) <= 1, name, "a probability must lie in [0, 1]")
     for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad"):
         need(getattr(c, name) >= 0, name, "must be >= 0")
     for name in ("warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer",
@@ -165,8 +169,9 @@ PRESETS: dict[str, TrainConfig] = {
         dataset="shapes", arch="vit_nano", patch_size=8, drop_path=0.0, out_dim=1024,
         hidden_dim=512, bottleneck_dim=128, global_size=32, local_size=16, n_local_crops=4,
         global_scale=(0.5, 1.0), local_scale=(0.2, 0.5), blur_sigma=(0.1, 0.5),
-        teacher_momentum=0.97, epochs=10, batch_size=64, lr=1e-3, warmup_epochs=1,
-        min_lr=1e-5, freeze_last_layer=0, run_name="cpu-demo", n_eval=1000, device="cpu",
+        teacher_temp=0.02, warmup_teacher_temp=0.02, teacher_momentum=0.97, epochs=10,
+        batch_size=64, lr=4e-3, warmup_epochs=1, min_lr=1e-5, weight_decay_end=0.04,
+        freeze_last_layer=0, run_name="cpu-demo", n_eval=1000, device="cpu",
     ),
     # One GPU: ViT-Tiny/4 on CIFAR-10 with 2x32 + 6x16 crops.
     "cifar10": TrainConfig(

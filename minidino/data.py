@@ -16,7 +16,6 @@ a dataset is missing, the error says where it looked and the one command that do
 from __future__ import annotations
 
 import shlex
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import center_crop, pil_to_tensor, resize
 from tqdm.auto import tqdm
 
+from minidino.folder import SPLITS, BadImageWarning, ImageFolderDataset, load_folder
 from minidino.shapes import ShapesDataset
 
+__all__ = ["DATASETS", "SPLITS", "BadImageWarning", "DatasetSplit", "ImageFolderDataset",
+           "TensorImageDataset", "download", "load_dataset", "to_tensor_images"]
+
 DATASETS: tuple[str, ...] = ("shapes", "cifar10", "cifar100", "imagenette", "folder")
-SPLITS: tuple[str, ...] = ("train", "val", "test")  # "val" and "test" both mean held-out
 _EXTRA_KWARGS = {"shapes": {"difficulty", "n_images", "seed"}, "cifar10": set(), "cifar100": set(),
                  "imagenette": {"size", "resident"}, "folder": {"scan", "holdout", "resident"}}
 _TORCHVISION = {"cifar10": ("CIFAR10", "cifar-10-batches-py", "170 MB"),
@@ -115,131 +117,6 @@ class _AsTensor(Dataset):
         if isinstance(image, Image.Image):
             image = pil_to_tensor(image.convert("RGB"))  # (3, h, w) uint8
         return self.resize_crop(image)  # (3, size, size) uint8
-
-
-# ---------------------------------------------------------------- a folder of your own images
-class BadImageWarning(UserWarning):
-    """A file in an image folder that cannot be read as an image; it is skipped."""
-
-
-class ImageFolderDataset(Dataset):
-    """Images laid out one folder per class, `root/<class>/**/<file>`, as (PIL RGB image, label).
-
-    Unlike torchvision's ImageFolder, every non-hidden file is a candidate, and one that cannot be
-    read as an image (a text file, a corrupt or truncated JPEG) is named in a `BadImageWarning`,
-    once, and skipped: `__getitem__` returns the next readable sample instead. With
-    on_bad_file="error" it raises a ValueError naming the file. `scan()` checks every file up
-    front and drops the bad ones.
-    """
-
-    def __init__(self, root: str | Path, transform: Any = None, on_bad_file: str = "skip",
-                 samples: list[tuple[Path, int]] | None = None) -> None:
-        if on_bad_file not in ("skip", "error"):
-            raise ValueError(f"on_bad_file={on_bad_file!r} must be 'skip' or 'error'")
-        self.root, self.transform, self.on_bad_file = Path(root), transform, on_bad_file
-        self.classes = _class_folders(self.root)
-        self.samples = samples if samples is not None else _list_files(self.root, self.classes)
-        if not self.samples:
-            raise ValueError(f"no files found in the class folders of {str(self.root)!r}")
-        self.bad: set[Path] = set()  # files found unreadable, each reported once
-
-    @property
-    def targets(self) -> list[int]:
-        return [label for _, label in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _open(self, path: Path) -> Image.Image | None:
-        """The image at `path`, or None (reported once) when it cannot be read."""
-        if path in self.bad:
-            return None
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")  # decodes every pixel: finds truncated files too
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            reason = f"{type(err).__name__}: {err}"
-            if self.on_bad_file == "error":
-                raise ValueError(f"cannot read {str(path)!r} as an image ({reason}); remove the "
-                                 "file or pass on_bad_file='skip'") from err
-            self.bad.add(path)
-            warnings.warn(f"skipping {str(path)!r}: not a readable image ({reason})",
-                          BadImageWarning, stacklevel=3)
-            return None
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        for k in range(len(self.samples)):
-            path, label = self.samples[(i + k) % len(self.samples)]
-            image = self._open(path)
-            if image is not None:
-                return (self.transform(image) if self.transform else image), label
-        raise ValueError(f"no file under {str(self.root)!r} could be read as an image")
-
-    def scan(self, progress: bool = False) -> list[Path]:
-        """Open every file now; drop and return the unreadable ones (each reported once)."""
-        kept = [(p, y) for p, y in tqdm(self.samples, desc="scanning", disable=not progress)
-                if self._open(p) is not None]
-        dropped = [p for p, _ in self.samples if p in self.bad]
-        if not kept:
-            raise ValueError(f"no file under {str(self.root)!r} could be read as an image")
-        self.samples = kept
-        return dropped
-
-
-def _class_folders(root: Path) -> list[str]:
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise ValueError(f"{str(root)!r} has no class folders: expected root/<class>/<image>")
-    return classes
-
-
-def _list_files(root: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    samples = []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
-            if path.is_file() and not hidden:
-                samples.append((path, label))
-    return samples
-
-
-def _load_folder(path: str | Path | None, split: str, on_bad_file: str, scan: bool = False,
-                 holdout: float = 0.1) -> ImageFolderDataset:
-    """`path/<split>/<class>/...` when `path` has split folders; otherwise `path/<class>/...`
-    is split here: every (1 / holdout)-th file of each class, in name order, is held out."""
-    if path is None:
-        raise ValueError("dataset 'folder' needs path=<folder with one sub-folder per class>")
-    root = Path(path).expanduser()
-    _class_folders(root)  # exists and has sub-folders
-    present = [s for s in SPLITS if (root / s).is_dir()]
-    if present:
-        wanted = [split] if split == "train" else [split, "test" if split == "val" else "val"]
-        found = [s for s in wanted if s in present]
-        if not found:
-            raise ValueError(f"split={split!r}: {str(root)!r} has split folders {present} but "
-                             f"no {' or '.join(wanted)!r}; point path at a folder of class "
-                             "folders to hold out part of it instead")
-        dataset = ImageFolderDataset(root / found[0], on_bad_file=on_bad_file)
-    else:
-        if not 0.0 < holdout < 1.0:
-            raise ValueError(f"holdout={holdout} must be in (0, 1)")
-        full = ImageFolderDataset(root, on_bad_file=on_bad_file)
-        per_class: dict[int, int] = {}
-        samples = []
-        for p, y in full.samples:
-            i = per_class[y] = per_class.get(y, -1) + 1
-            held_out = int((i + 1) * holdout) > int(i * holdout)
-            if held_out == (split != "train"):
-                samples.append((p, y))
-        if not samples:
-            raise ValueError(f"split={split!r}: holdout={holdout} leaves no files for it in "
-                             f"{str(root)!r} (each class needs at least {round(1 / holdout)})")
-        dataset = ImageFolderDataset(root, on_bad_file=on_bad_file, samples=samples)
-    if scan:
-        dataset.scan(progress=True)
-    return dataset
 
 
 # ---------------------------------------------------------------- torchvision datasets
@@ -342,7 +219,7 @@ def load_dataset(name: str, split: str = "train", root: str | Path = "data",
         dataset: Dataset = tv
     else:
         kwargs["scan"] = kwargs.get("scan", False) or resident  # keep images and labels aligned
-        dataset = _load_folder(path, split, on_bad_file, **kwargs)
+        dataset = load_folder(path, split, on_bad_file, **kwargs)
         dataset.transform = transform
         labels = torch.tensor(dataset.targets, dtype=torch.int64)
         classes = dataset.classes

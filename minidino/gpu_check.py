@@ -33,25 +33,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--out-dir", default="runs")
+    parser.add_argument("--device", default="cuda", help="cpu only for a dry run of the script")
+    parser.add_argument("--bench-steps", type=int, default=20)
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_check needs a CUDA GPU")
-    device = torch.device("cuda")
-    print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_check needs a CUDA GPU (or --device cpu for a dry run)")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name}, torch {torch.__version__}", flush=True)
 
-    bench_main(["augment", "--device", "cuda", "--n-images", "4096"])
+    bench_main(["augment", "--device", args.device, "--n-images", "4096"])
     rates = {}
     for preset in ("cpu-demo", "cifar10"):
         cfg = replace(get_preset(preset), batch_size=args.batch_size if preset == "cifar10"
                       else get_preset(preset).batch_size)
-        rows = bench_training(cfg, device, steps=20, num_workers=args.workers)
+        rows = bench_training(cfg, device, steps=args.bench_steps, num_workers=args.workers)
         print(format_rows(f"\n{preset} ({cfg.arch}/{cfg.patch_size}, batch {cfg.batch_size})",
                           rows), flush=True)
         rates[preset] = rows[1]["images_per_s"]
 
     cfg = replace(get_preset("cifar10"), dataset="folder", data_path=args.data_path,
                   data_mode="device", batch_size=args.batch_size, out_dir=args.out_dir,
-                  run_name="gpu-check", device="cuda", n_eval=None, log_every=50)
+                  run_name="gpu-check", device=args.device, n_eval=None, log_every=50)
     t0 = time.perf_counter()
     train_split, test_split = load_splits(cfg)
     n_train = train_split.images.shape[0]
@@ -64,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{rates['cifar10']:,.0f} images/s)", flush=True)
     result = train(cfg, progress=False, train_split=train_split)
     knn = knn_top1(result["teacher"].backbone, train_split, test_split, cfg, device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30
-    print(f"\ncifar10 on {torch.cuda.get_device_name(device)}: {epochs} epochs, "
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    print(f"\ncifar10 on {name}: {epochs} epochs, "
           f"{result['steps']} steps in {result['seconds']:.0f} s "
           f"({result['images_per_s']:,.0f} images/s end to end, peak {peak:.1f} GiB); "
           f"teacher kNN top-1 {knn['top1']:.1f}%, top-5 {knn['top5']:.1f}% "

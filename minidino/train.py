@@ -53,7 +53,9 @@ def crop_config(cfg: TrainConfig) -> MultiCropConfig:
     base = small_image_config(cfg.global_size, n_local_crops=cfg.n_local_crops)
     return MultiCropConfig(**{**base.__dict__, "global_size": cfg.global_size,
                               "local_size": cfg.local_size, "global_scale": cfg.global_scale,
-                              "local_scale": cfg.local_scale, "blur_sigma": cfg.blur_sigma})
+                              "local_scale": cfg.local_scale, "blur_sigma": cfg.blur_sigma,
+                              "jitter_p": cfg.jitter_p,
+                              "solarize_p": (0.0, cfg.solarize_p, 0.0)})
 
 
 def load_splits(cfg: TrainConfig) -> tuple[DatasetSplit, DatasetSplit]:
