@@ -20,10 +20,9 @@ How: two implementations of the same `MultiCropConfig`.
   reference. It runs in DataLoader workers, one image at a time.
 - `BatchedMultiCrop`: the same operations on a whole batch at once with independent random
   parameters per sample and crop (ops in `augment_batched.py`); over ten times faster per CPU
-  core (docs/benchmarks.md), and it runs where the batch is (CUDA, MPS). One difference:
-  torchvision's ColorJitter applies its four changes in a random order per image; here the
-  order is fixed to brightness, contrast, saturation, hue. It also works in float, where the
-  reference rounds to uint8 after each step.
+  core (docs/benchmarks.md), and it runs where the batch is (CUDA, MPS). Two differences: the
+  colour jitter order is fixed (brightness, contrast, saturation, hue; torchvision's ColorJitter
+  draws a random order per image), and it stays in float where the reference rounds after each op.
 """
 
 from __future__ import annotations
@@ -133,17 +132,11 @@ def small_image_config(image_size: int = 32, n_local_crops: int = 6) -> MultiCro
     if image_size < 2:
         raise ValueError(f"image_size={image_size} must be >= 2")
     shrink = image_size / 224
-    return MultiCropConfig(
-        global_size=image_size,
-        local_size=image_size // 2,
-        n_local_crops=n_local_crops,
-        blur_sigma=(0.1 * shrink, 2.0 * shrink),
-    )
+    return MultiCropConfig(global_size=image_size, local_size=image_size // 2,
+                           n_local_crops=n_local_crops, blur_sigma=(0.1 * shrink, 2.0 * shrink))
 
 
 # --------------------------------------------------------------------------- per image
-
-
 class PerImageMultiCrop:
     """Reference multi-crop for one image with torchvision.transforms.v2.
 
@@ -195,8 +188,6 @@ def collate_crops(batch: list[tuple[list[Tensor], Any]]) -> tuple[list[Tensor], 
 
 
 # --------------------------------------------------------------------------- batched
-
-
 @dataclass
 class CropParams:
     """Random decisions for C crops of one size on B images; each field has shape (C, B)."""
@@ -216,9 +207,8 @@ class CropParams:
 
     def to(self, device: torch.device | str) -> CropParams:
         """The same decisions with every tensor on `device`."""
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return CropParams(**{k: v.to(device) if isinstance(v, Tensor) else v
-                             for k, v in moved.items()})
+        move = lambda v: v.to(device) if isinstance(v, Tensor) else v  # size stays an int
+        return CropParams(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
 
 class BatchedMultiCrop:
@@ -260,19 +250,14 @@ class BatchedMultiCrop:
 
         boxes = sample_crop_boxes(C * B, H, W, scale, cfg.ratio, generator, device)  # (C*B, 4)
         lo, hi = cfg.blur_sigma
+        # arguments run left to right: this order fixes which random draw feeds which field
         return CropParams(
-            size=size,
-            boxes=boxes.view(C, B, 4),
-            flip=rand() < cfg.flip_p,
-            jitter=jitter,
-            brightness=factor(cfg.brightness),
-            contrast=factor(cfg.contrast),
+            size=size, boxes=boxes.view(C, B, 4), flip=rand() < cfg.flip_p, jitter=jitter,
+            brightness=factor(cfg.brightness), contrast=factor(cfg.contrast),
             saturation=factor(cfg.saturation),
             hue=torch.where(jitter, cfg.hue * (2.0 * rand() - 1.0), 0.0),
-            grayscale=rand() < cfg.grayscale_p,
-            blur=rand() < per_crop(blur_p),
-            sigma=lo + (hi - lo) * rand(),
-            solarize=rand() < per_crop(solarize_p),
+            grayscale=rand() < cfg.grayscale_p, blur=rand() < per_crop(blur_p),
+            sigma=lo + (hi - lo) * rand(), solarize=rand() < per_crop(solarize_p),
         )
 
     def apply(self, images: Tensor, params: list[CropParams]) -> list[Tensor]:

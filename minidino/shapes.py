@@ -1,13 +1,10 @@
 """The built-in dataset: ten classes of drawn shapes that need no download.
 
-Why: the course has to run anywhere, on a laptop CPU or in CI with no network, so it ships its own
-images. They are drawn, not stored: the same seed always gives the same images, and 10,000 of
-them take well under a second.
+Why: the course must run anywhere (a laptop CPU, CI with no network), so it draws its own images:
+the same seed always gives the same images, and 10,000 of them take well under a second.
 
-What a model must learn from them is *shape*. Everything else is random and independent of the
-class: position, size, rotation, brightness polarity (light on dark or dark on light), hue and
-noise. A classifier that looks only at where the object is, or at the image's average colour, is
-at chance.
+What a model must learn is *shape*: position, size, rotation, brightness polarity, hue and noise
+are random and class-independent, so a classifier of position or mean colour alone is at chance.
 
 How an image is drawn:
 1. Each class is a signed distance function (SDF) in the shape's own frame, where the shape fits
@@ -15,14 +12,12 @@ How an image is drawn:
 2. Every pixel centre is mapped into that frame (undo the position, rotation and size).
 3. Coverage = clamp(0.5 - d / pixel_size, 0, 1): a pixel half inside the edge is half covered, so
    edges are anti-aliased without supersampling. The mask is the pixels whose centre is inside.
-4. image = coverage * shape colour + (1 - coverage) * background, plus per-pixel noise and smooth
-   "blotchy" noise, clipped and stored as uint8.
+4. image = coverage * shape colour + (1 - coverage) * background + pixel and blotch noise, as uint8.
 
 `ShapesStyle` holds every knob; `SHAPES_STYLES` names three levels. "easy" (the default) is what a
-tiny DINO ViT learns in minutes on a CPU: big grey shapes with a fixed brightness contrast and heavy
-texture noise, so that a randomly initialised network's features are weak and training has
-something to add. "medium" adds a faint colour tint and smaller shapes; "hard" saturated random
-colours and busy backgrounds.
+tiny DINO ViT learns in minutes on a CPU: big grey shapes, a fixed contrast and heavy texture noise,
+so a random network's features are weak and training has something to add. "medium" adds a faint
+tint and smaller shapes; "hard" saturated random colours and busy backgrounds.
 """
 
 from __future__ import annotations
@@ -59,8 +54,7 @@ class ShapesStyle:
     blotch_cells: int = 4
 
     def __post_init__(self) -> None:
-        lo, hi = self.size_range
-        if not 0.05 <= lo <= hi <= 1.0:
+        if not 0.05 <= self.size_range[0] <= self.size_range[1] <= 1.0:
             raise ValueError(f"size_range={self.size_range} must satisfy 0.05 <= low <= high <= 1")
         if self.colour not in ("grey", "random"):
             raise ValueError(f"colour={self.colour!r} must be 'grey' or 'random'")
@@ -71,8 +65,7 @@ class ShapesStyle:
                              "'plain', 'stripes', 'blobs', 'busy'")
         for name in ("contrast", "contrast_jitter", "brightness_jitter", "tint", "pixel_noise",
                      "blotch_noise"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if not 0.0 <= (value := getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name}={value} must be in [0, 1]")
         if self.blotch_cells < 2:
             raise ValueError(f"blotch_cells={self.blotch_cells} must be at least 2")
@@ -88,11 +81,8 @@ SHAPES_STYLES: dict[str, ShapesStyle] = {
 
 
 # ---------------------------------------------------------------- the shapes, as distances
-# Each function takes the coordinates x, y of points (any shape) in the shape's frame, where the
-# shape fits the unit disk, and returns d of the same shape. Union is min, intersection max,
-# subtraction max(d_a, -d_b). Convex pieces use "the largest distance to an edge line", which is
-# exact near edges; that is all anti-aliasing needs.
-
+# Each is a d(x, y) as in step 1 above. Union is min, intersection max, subtraction max(d_a, -d_b);
+# convex pieces use the largest distance to an edge line: exact near edges, all anti-aliasing needs.
 def _box(x: Tensor, y: Tensor, half_w: float, half_h: float) -> Tensor:
     return torch.maximum(x.abs() - half_w, y.abs() - half_h)
 
@@ -120,8 +110,7 @@ def _arrow(x: Tensor, y: Tensor) -> Tensor:
     base, tip, half = 0.1, 0.95, 0.62  # head: a triangle (base, +-half) -> (tip, 0)
     nx, ny = half, tip - base
     slant = (nx * (x - tip) + ny * y.abs()) / math.hypot(nx, ny)
-    head = torch.maximum(base - x, slant)
-    return torch.minimum(shaft, head)
+    return torch.minimum(shaft, torch.maximum(base - x, slant))  # shaft or head
 
 
 def _heart(x: Tensor, y: Tensor) -> Tensor:
@@ -180,15 +169,11 @@ def _draw_colours(n: int, style: ShapesStyle, g: torch.Generator) -> tuple[Tenso
         hue_bg = hue_fg if style.shared_hue else 2 * math.pi * u()
         fg = _tinted(mid + sign * gap / 2, hue_fg, style.tint)
         bg = _tinted(mid - sign * gap / 2, hue_bg, style.tint)
-        bg2 = _tinted(mid, hue_bg, style.tint)  # patterns: half way between the two
-        return fg, bg, bg2
-    saturation = lambda: 0.6 + 0.4 * u()  # noqa: E731
-    value = lambda: 0.45 + 0.55 * u()  # noqa: E731
+        return fg, bg, _tinted(mid, hue_bg, style.tint)  # bg2, for patterns: half way between
+    colour = lambda hue: _hsv_to_rgb(hue, 0.6 + 0.4 * u(), 0.45 + 0.55 * u())  # noqa: E731
     hue = u()
-    fg = _hsv_to_rgb(hue, saturation(), value())
-    bg = _hsv_to_rgb((hue + 0.25 + 0.5 * u()) % 1, saturation(), value())  # a distant hue
-    bg2 = _hsv_to_rgb((hue + 0.25 + 0.5 * u()) % 1, saturation(), value())
-    return fg, bg, bg2
+    distant = lambda: (hue + 0.25 + 0.5 * u()) % 1  # noqa: E731
+    return colour(hue), colour(distant()), colour(distant())  # bg and bg2 at distant hues
 
 
 def _pattern(u: Tensor, v: Tensor, n: int, background: str, g: torch.Generator) -> Tensor | None:
@@ -209,37 +194,28 @@ def _pattern(u: Tensor, v: Tensor, n: int, background: str, g: torch.Generator) 
     blobs = torch.clamp(0.5 + 2.0 * smooth, 0, 1)  # (n, H, W)
     if background == "blobs":
         return blobs
-    pick_stripes = torch.rand(n, 1, 1, generator=g) < 0.5
-    return torch.where(pick_stripes, stripes, blobs)
+    return torch.where(torch.rand(n, 1, 1, generator=g) < 0.5, stripes, blobs)  # coin per image
 
 
 # ---------------------------------------------------------------- drawing
-def _resolve(difficulty: str | ShapesStyle) -> ShapesStyle:
-    if isinstance(difficulty, ShapesStyle):
-        return difficulty
-    if difficulty not in SHAPES_STYLES:
-        raise ValueError(f"difficulty={difficulty!r} must be one of {sorted(SHAPES_STYLES)} "
-                         "or a ShapesStyle")
-    return SHAPES_STYLES[difficulty]
-
-
 def make_shapes(n: int, image_size: int = 32, difficulty: str | ShapesStyle = "easy",
                 seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Draw `n` shape images; the same arguments always give the same bytes.
 
-    Returns images uint8 (n, 3, H, W), labels int64 (n,) indexing SHAPE_CLASSES (balanced: each
-    class appears n // 10 or n // 10 + 1 times, in random order) and masks bool (n, H, W), True
-    on the pixels whose centre lies inside the shape. H = W = image_size (32, or 64 for more
-    detail).
+    Returns images uint8 (n, 3, H, W) with H = W = image_size, labels int64 (n,) indexing
+    SHAPE_CLASSES (balanced: n // 10 or n // 10 + 1 of each, shuffled) and masks bool (n, H, W),
+    True on the pixels whose centre lies inside the shape.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n={n!r} must be a positive int")
     if not isinstance(image_size, int) or image_size < 16:
         raise ValueError(f"image_size={image_size!r} must be an int >= 16 (32 or 64 are usual)")
-    style = _resolve(difficulty)
+    style = difficulty if isinstance(difficulty, ShapesStyle) else SHAPES_STYLES.get(difficulty)
+    if style is None:
+        raise ValueError(f"difficulty={difficulty!r} must be one of {sorted(SHAPES_STYLES)} "
+                         "or a ShapesStyle")
     g = torch.Generator().manual_seed(seed)
-    C = len(SHAPE_CLASSES)
-    labels = (torch.arange(n) % C)[torch.randperm(n, generator=g)]  # (n,)
+    labels = (torch.arange(n) % len(SHAPE_CLASSES))[torch.randperm(n, generator=g)]  # (n,)
 
     # per-image pose: radius in units of half the side; the centre keeps the shape inside
     lo, hi = style.size_range
@@ -258,8 +234,7 @@ def make_shapes(n: int, image_size: int = 32, difficulty: str | ShapesStyle = "e
         sl = slice(start, min(start + chunk, n))
         m = sl.stop - sl.start
         # into each shape's frame: translate, rotate by -angle, scale by 1 / radius
-        du = u - centre[sl, 0, None, None]  # (m, H, W)
-        dv = v - centre[sl, 1, None, None]
+        du, dv = u - centre[sl, 0, None, None], v - centre[sl, 1, None, None]  # (m, H, W)
         cos, sin = torch.cos(angle[sl])[:, None, None], torch.sin(angle[sl])[:, None, None]
         r = radius[sl, None, None]
         x, y = (cos * du + sin * dv) / r, (cos * dv - sin * du) / r  # (m, H, W)
@@ -267,8 +242,7 @@ def make_shapes(n: int, image_size: int = 32, difficulty: str | ShapesStyle = "e
         for c, name in enumerate(SHAPE_CLASSES):
             idx = (labels[sl] == c).nonzero().squeeze(1)
             d[idx] = _SDF[name](x[idx], y[idx]) * r[idx]  # distance in image units
-        pixel = 2.0 / W
-        coverage = torch.clamp(0.5 - d / pixel, 0, 1)[:, None]  # (m, 1, H, W)
+        coverage = torch.clamp(0.5 - d / (2.0 / W), 0, 1)[:, None]  # d in pixels; (m, 1, H, W)
         masks[sl] = d <= 0
 
         back = bg[sl, :, None, None]  # (m, 3, 1, 1)
@@ -288,11 +262,10 @@ def make_shapes(n: int, image_size: int = 32, difficulty: str | ShapesStyle = "e
 class ShapesDataset(Dataset):
     """The built-in dataset as a torch Dataset, held in memory.
 
-    split "train" (default 10,000 images) or "test" (default 2,000) draws from different seeds
-    (2 * seed and 2 * seed + 1), so the splits never share an image. Attributes: images uint8
-    (N, 3, H, W), labels int64 (N,), masks bool (N, H, W), classes. An item is (image, label):
-    the uint8 tensor (3, H, W), or a PIL image when as_pil=True, passed through `transform`
-    when one is given.
+    split "train" (default 10,000 images) or "test" (default 2,000) draws from seeds 2 * seed and
+    2 * seed + 1, so the splits never share an image. Attributes: images uint8 (N, 3, H, W), labels
+    int64 (N,), masks bool (N, H, W), classes. An item is (image, label): the uint8 tensor
+    (3, H, W), or a PIL image when as_pil=True, passed through `transform` if one is given.
     """
 
     def __init__(self, split: str = "train", n_images: int | None = None, image_size: int = 32,
@@ -306,9 +279,8 @@ class ShapesDataset(Dataset):
             raise ValueError(f"n_images={n_images!r} must be a positive int")
         self.split, self.transform, self.as_pil = split, transform, as_pil
         self.classes = list(SHAPE_CLASSES)
-        split_seed = 2 * seed + (0 if split == "train" else 1)
-        self.images, self.labels, self.masks = make_shapes(n_images, image_size, difficulty,
-                                                           split_seed)
+        seed = 2 * seed + (0 if split == "train" else 1)  # a seed of its own for each split
+        self.images, self.labels, self.masks = make_shapes(n_images, image_size, difficulty, seed)
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -128,6 +128,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     log = (run_dir / "metrics.jsonl").open("a")
     bar = tqdm(total=last_step, initial=start, disable=not progress, desc="train", unit="step")
     pending: list[tuple[int, Tensor]] = []  # losses not yet read back from the device
+    epoch_diags: list[dict[str, float]] = []  # collapse diagnostics of this epoch's log steps
     step, t0, seen = start, time.perf_counter(), 0
     stopper = GracefulStop().__enter__()
 
@@ -170,6 +171,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
                     diag["images_per_s"] = seen / (time.perf_counter() - t0)
                     last_loss = float(pending[-1][1])
                     flush(diag)
+                    epoch_diags.append(diag)
                     bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{sched.lr[step - 1]:.1e}",
                                     H_t=f"{diag['teacher_entropy']:.2f}")
                 bar.update(1)
@@ -183,6 +185,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
                                         f"--resume {ckpt_path}")
             flush()
             checkpoint()  # every epoch, and when max_steps ends the run
+            if epoch_diags:
+                _log_epoch(run_dir / "epochs.jsonl", epoch, epoch_diags, cfg.out_dim, bar)
+                epoch_diags.clear()
     finally:
         stopper.__exit__()
         bar.close()
@@ -190,6 +195,19 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     elapsed = time.perf_counter() - t0
     return {"student": student, "teacher": teacher, "run_dir": run_dir, "steps": step,
             "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9), "config": cfg}
+
+
+def _log_epoch(path: Path, epoch: int, diags: list[dict[str, float]], out_dim: int,
+               bar: Any) -> None:
+    """Average this epoch's collapse diagnostics, append them to epochs.jsonl, print a line."""
+    keys = ("teacher_entropy", "kl_teacher_student", "mean_entropy", "prototypes_used")
+    record = {"epoch": epoch, **{k: sum(d[k] for d in diags) / len(diags) for k in keys}}
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    bar.write(f"epoch {epoch}: teacher entropy {record['teacher_entropy']:.2f} "
+              f"(0 = one prototype, {math.log(out_dim):.2f} = uniform), "
+              f"KL(teacher||student) {record['kl_teacher_student']:.3f}, "
+              f"prototypes used {record['prototypes_used']:.0f} of {out_dim}")
 
 
 def _truncate_jsonl(path: Path, step: int) -> None:

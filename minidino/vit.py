@@ -26,10 +26,9 @@ def _check_positive(**values: float) -> None:
 
 
 class PatchEmbed(nn.Module):
-    """Cut an image into p x p patches and project each to D numbers.
+    """Cut an image into p x p patches and project each to D numbers: (B, C, H, W) -> (B, N, D).
 
     A Conv2d whose kernel and stride both equal p does exactly that: one output pixel per patch.
-    (B, C, H, W) -> (B, N, D).
     """
 
     def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
@@ -40,10 +39,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or not x.is_floating_point():
-            raise ValueError(
-                f"x must be a 4-D floating tensor (B, C, H, W), got shape {tuple(x.shape)} "
-                f"and dtype {x.dtype}"
-            )
+            raise ValueError(f"x must be a 4-D floating tensor (B, C, H, W), got shape "
+                             f"{tuple(x.shape)} and dtype {x.dtype}")
         C, H, W = x.shape[1:]
         if C != self.in_chans:
             raise ValueError(f"x has C={C} channels but in_chans={self.in_chans}")
@@ -57,9 +54,8 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention: every token mixes in the values of the tokens it matches.
 
-    One Linear makes queries, keys and values for all heads at once. The fast path uses
-    ``F.scaled_dot_product_attention``; the explicit softmax(q k^T / sqrt(d)) path runs only
-    when the attention weights are asked for (to look at them, e.g. DINO's attention maps).
+    One Linear makes q, k, v for all heads at once. Fast path: ``F.scaled_dot_product_attention``;
+    the explicit softmax(q k^T / sqrt(d)) runs only to return the weights (DINO's attention maps).
     """
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True) -> None:
@@ -134,20 +130,12 @@ class LayerScale(nn.Module):
 class Block(nn.Module):
     """One transformer layer: attention, then MLP, each a pre-norm residual branch.
 
-    Why pre-norm (x + f(norm(x)), not norm(x + f(x))): the residual stream stays a clean
-    identity path from input to output, so gradients reach early layers undamped and deep
-    stacks train stably at ViT learning rates.
+    Why pre-norm (x + f(norm(x)), not norm(x + f(x))): the residual stream stays a clean identity
+    path, so gradients reach early layers undamped; deep stacks train stably at ViT learning rates.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop_path: float = 0.0,
-        layerscale_init: float | None = None,
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path: float = 0.0, layerscale_init: float | None = None) -> None:
         super().__init__()
         ls = layerscale_init
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -172,20 +160,10 @@ class VisionTransformer(nn.Module):
     scratch space so it stops hijacking background patches; they are dropped at the output.
     """
 
-    def __init__(
-        self,
-        img_size: int = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop_path_rate: float = 0.0,
-        n_registers: int = 0,
-        layerscale_init: float | None = None,
-    ) -> None:
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
+                 n_registers: int = 0, layerscale_init: float | None = None) -> None:
         super().__init__()
         _check_positive(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                         embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
@@ -211,14 +189,12 @@ class VisionTransformer(nn.Module):
         # Stochastic depth grows linearly with depth: early layers are dropped least (as DINO).
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rate, layerscale_init)
-            for rate in rates
-        )
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, r, layerscale_init) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """DINO's init: truncated normal (std 0.02) for embeddings and Linear weights."""
+        """DINO's init: truncated normal (std 0.02) for embeddings and Linear weights; biases 0."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         if self.n_registers:
@@ -226,29 +202,24 @@ class VisionTransformer(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        # LayerNorms need no init: they start at weight 1, bias 0
 
     def interpolate_pos_embed(self, H: int, W: int) -> Tensor:
         """Position embeddings for an H x W input: (1, 1 + N, D).
 
-        Why interpolate: the embeddings were learned for a g x g grid of patches. DINO also feeds
-        smaller local crops (and evaluation may use larger images), so the grid is resized as an
-        image, bicubically, while the CLS entry is kept as is.
+        Why: they were learned for a g x g grid, but DINO also feeds smaller local crops (and
+        evaluation may use larger images), so the grid is resized bicubically, CLS kept as is.
         """
-        h, w = H // self.patch_size, W // self.patch_size
-        g = self.grid_size
+        h, w, g = H // self.patch_size, W // self.patch_size, self.grid_size
         if h == g and w == g:
             return self.pos_embed
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]  # (1, 1, D), (1, g*g, D)
-        D = patch_pos.shape[-1]
-        patch_pos = patch_pos.reshape(1, g, g, D).permute(0, 3, 1, 2)  # (1, D, g, g)
-        patch_pos = F.interpolate(
-            patch_pos.float(), size=(h, w), mode="bicubic", align_corners=False
-        ).to(self.pos_embed.dtype)  # (1, D, h, w)
-        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, D)  # (1, N, D)
+        patch_pos = patch_pos.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
+        patch_pos = F.interpolate(patch_pos.float(), size=(h, w), mode="bicubic",
+                                  align_corners=False).to(self.pos_embed.dtype)  # (1, D, h, w)
+        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, -1)  # (1, N, D)
         return torch.cat([cls_pos, patch_pos], dim=1)  # (1, 1 + N, D)
 
     def prepare_tokens(self, x: Tensor) -> Tensor:
@@ -283,8 +254,7 @@ class VisionTransformer(nn.Module):
         for blk in self.blocks[:-1]:
             x = blk(x)  # (B, T, D)
         last = self.blocks[-1]
-        _, attn = last.attn(last.norm1(x), return_attention=True)  # (B, h, T, T)
-        return attn
+        return last.attn(last.norm1(x), return_attention=True)[1]  # (B, h, T, T)
 
     def get_intermediate_layers(self, x: Tensor, n: int = 1) -> list[Tensor]:
         """(B, C, H, W) -> the outputs of the last n blocks, each normed, each (B, T, D)."""
@@ -324,5 +294,4 @@ def vit_base(patch_size: int = 16, img_size: int = 224, **kwargs) -> VisionTrans
 
 
 VIT_FACTORIES: dict[str, Callable[..., VisionTransformer]] = {
-    f.__name__: f for f in (vit_nano, vit_tiny, vit_small, vit_base)
-}
+    f.__name__: f for f in (vit_nano, vit_tiny, vit_small, vit_base)}

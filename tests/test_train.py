@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -119,4 +120,8 @@ def test_cli_train_writes_config_metrics_and_checkpoint(tmp_path):
     run_dir = tmp_path / "cli"
     assert TrainConfig.load(run_dir / "config.json").epochs == 1
     assert (run_dir / "checkpoint.pt").exists() and losses(run_dir)
+    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [0]
+    assert 0 <= epochs[0]["teacher_entropy"] <= math.log(TrainConfig.load(
+        run_dir / "config.json").out_dim) + 1e-4
     assert main(["train", "--fast", "--teacher-temp", "-1"]) == 2  # a clear error, no traceback

@@ -336,3 +336,10 @@ def test_bad_intermediate_layer_count_raises():
         DropPath(1.0)
     with pytest.raises(ValueError, match="num_heads=5"):
         Attention(dim=24, num_heads=5)
+
+
+def test_qkv_without_bias_builds_and_has_no_bias_parameters():
+    model = VIT_FACTORIES["vit_nano"](depth=1, qkv_bias=False)
+    keys = model.state_dict().keys()
+    assert "blocks.0.attn.qkv.weight" in keys and "blocks.0.attn.qkv.bias" not in keys
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, model.embed_dim)
