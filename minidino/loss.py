@@ -26,6 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minidino.teacher import cosine_schedule
+
 
 def _check_temp(name: str, value: float) -> None:
     if not value > 0:
@@ -211,12 +213,6 @@ def teacher_temp_schedule(
     """
     _check_temp("warmup_teacher_temp", warmup_teacher_temp)
     _check_temp("teacher_temp", teacher_temp)
-    if total_steps < 1:
-        raise ValueError(f"total_steps={total_steps} must be >= 1")
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup_steps={warmup_steps} must be in [0, total_steps={total_steps}]")
-    warmup = torch.linspace(
-        warmup_teacher_temp, teacher_temp, warmup_steps, dtype=torch.float64
-    )  # (warmup_steps,)
-    rest = torch.full((total_steps - warmup_steps,), teacher_temp, dtype=torch.float64)
-    return torch.cat([warmup, rest])  # (total_steps,)
+    # a "cosine" from teacher_temp to itself is constant: only the linear warm-up remains
+    return cosine_schedule(teacher_temp, teacher_temp, total_steps, warmup_steps,
+                           start_warmup_value=warmup_teacher_temp)  # (total_steps,)
