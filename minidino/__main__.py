@@ -5,6 +5,7 @@ Examples:
     python -m minidino train --preset cifar10 --epochs 50 --batch-size 256
     python -m minidino train --preset cifar10 --resume runs/cifar10/checkpoint.pt
     python -m minidino eval runs/cifar10/checkpoint.pt --linear
+    python -m minidino export runs/cpu-demo/checkpoint.pt data/cpu-demo-teacher.pt
     python -m minidino download cifar10
 """
 
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--which", choices=("teacher", "student"), default="teacher")
     p.add_argument("--linear", action="store_true", help="also train a linear probe")
     p.add_argument("--k", type=int, default=20)
+    p = sub.add_parser("export", help="save a checkpoint's backbone and config to a small file")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--which", choices=("teacher", "student"), default="teacher")
     p = sub.add_parser("download", help="download a dataset into data/")
     p.add_argument("name")
     p.add_argument("--root", default="data")
@@ -70,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             from minidino.demo import evaluate_checkpoint
 
             evaluate_checkpoint(args.checkpoint, which=args.which, linear=args.linear, k=args.k)
+        elif args.command == "export":
+            from minidino.demo import export_backbone
+
+            print(f"wrote {export_backbone(args.checkpoint, args.out, which=args.which)}")
         elif args.command == "download":
             from minidino.data import download
 

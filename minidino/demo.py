@@ -8,6 +8,7 @@ architecture at its random initialisation, and draws the training curves and att
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,3 +102,24 @@ def evaluate_checkpoint(path: str, which: str = "teacher", linear: bool = False,
         print(f"{which} linear probe: top-1 {results['linear']['top1']:.1f}%, "
               f"top-5 {results['linear']['top5']:.1f}%")
     return results
+
+
+def export_backbone(checkpoint: str | Path, out: str | Path, which: str = "teacher") -> Path:
+    """Save one backbone of a training checkpoint with its config: a small file to share."""
+    state = load_checkpoint(checkpoint)
+    cfg = TrainConfig.from_dict(state["config"])
+    backbone = build_backbone(cfg)
+    load_backbone_weights(backbone, state[which])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": state["config"], "backbone": backbone.state_dict(), "which": which,
+                "step": state["step"]}, out)
+    return out
+
+
+def load_pretrained(path: str | Path = "data/cpu-demo-teacher.pt") -> torch.nn.Module:
+    """A backbone saved by `export_backbone`, in eval mode, on the CPU."""
+    state = load_checkpoint(path)
+    backbone = build_backbone(TrainConfig.from_dict(state["config"]))
+    load_backbone_weights(backbone, state["backbone"])
+    return backbone.eval()

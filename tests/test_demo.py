@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+
+import torch
 
 from minidino.__main__ import main
 from minidino.config import fast_config, get_preset
-from minidino.demo import evaluate_checkpoint, run_demo
+from minidino.demo import evaluate_checkpoint, export_backbone, load_pretrained, run_demo
 
 
 def test_demo_trains_evaluates_and_draws(tmp_path, capsys):
@@ -24,9 +27,36 @@ def test_demo_trains_evaluates_and_draws(tmp_path, capsys):
     again = evaluate_checkpoint(str(result["run_dir"] / "checkpoint.pt"))
     assert again["knn"] == result["trained"]
 
+    # the exported backbone is the trained teacher's
+    path = export_backbone(result["run_dir"] / "checkpoint.pt", tmp_path / "teacher.pt")
+    backbone = load_pretrained(path)
+    teacher = torch.load(result["run_dir"] / "checkpoint.pt", weights_only=False)["teacher"]
+    for name, value in backbone.state_dict().items():
+        assert torch.equal(value, teacher[f"backbone.{name}"])
+    assert not backbone.training
+
 
 def test_cli_demo_and_eval_exit_cleanly(tmp_path):
     assert main(["demo", "--fast", "--no-progress", "--out-dir", str(tmp_path)]) == 0
     checkpoint = next(tmp_path.glob("*/checkpoint.pt"))
     assert main(["eval", str(checkpoint), "--linear"]) == 0
     assert main(["eval", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_committed_pretrained_backbone_loads_and_beats_random_init():
+    from minidino.data import load_dataset
+    from minidino.evaluate import extract_features, knn_accuracy
+    from minidino.step import build_backbone
+
+    trained = load_pretrained(Path(__file__).parents[1] / "data" / "cpu-demo-teacher.pt")
+    cfg = get_preset("cpu-demo")
+    torch.manual_seed(cfg.seed)
+    random_init = build_backbone(cfg).eval()
+    bank = load_dataset("shapes", split="train", n_images=2000)
+    queries = load_dataset("shapes", split="test", n_images=500)
+    top1 = {}
+    for name, backbone in (("trained", trained), ("random", random_init)):
+        f_bank = extract_features(backbone, bank.images, progress=False)
+        f_query = extract_features(backbone, queries.images, progress=False)
+        top1[name] = knn_accuracy(f_bank, bank.labels, f_query, queries.labels, 10)["top1"]
+    assert top1["trained"] > top1["random"] + 5, top1
