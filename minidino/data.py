@@ -32,7 +32,7 @@ from minidino.folder import SPLITS, BadImageWarning, ImageFolderDataset, load_fo
 from minidino.shapes import ShapesDataset
 
 __all__ = ["DATASETS", "SPLITS", "BadImageWarning", "DatasetSplit", "ImageFolderDataset",
-           "TensorImageDataset", "download", "load_dataset", "to_tensor_images"]
+           "TensorImageDataset", "download", "load_dataset", "subset_indices", "to_tensor_images"]
 
 DATASETS: tuple[str, ...] = ("shapes", "cifar10", "cifar100", "imagenette", "folder")
 _EXTRA_KWARGS = {"shapes": {"difficulty", "n_images", "seed"}, "cifar10": set(), "cifar100": set(),
@@ -225,3 +225,15 @@ def load_dataset(name: str, split: str = "train", root: str | Path = "data",
         classes = dataset.classes
     images = to_tensor_images(dataset, image_size) if resident else None
     return DatasetSplit(images, labels, classes, dataset)
+
+
+def subset_indices(n_total: int, n: int | None, seed: int = 0) -> Tensor:
+    """A fixed random subset of `n` of `range(n_total)`, sorted: (min(n, n_total),) int64.
+
+    Folder datasets list their files class by class, so "the first n" would hold only the first
+    classes; a seeded random subset keeps every class. `n=None` means all of them.
+    """
+    if n is None or n >= n_total:
+        return torch.arange(n_total)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_total, generator=g)[:n].sort().values

@@ -15,7 +15,7 @@ import torch
 
 from minidino.checkpoint import load_backbone_weights, load_checkpoint
 from minidino.config import TrainConfig
-from minidino.data import DatasetSplit, to_tensor_images
+from minidino.data import DatasetSplit, subset_indices, to_tensor_images
 from minidino.evaluate import extract_features, knn_accuracy, linear_probe
 from minidino.step import build_backbone
 from minidino.train import load_splits, pick_device, train
@@ -23,36 +23,37 @@ from minidino.viz import plot_attention_maps, plot_training_curves
 
 
 def _eval_images(train_split: DatasetSplit, test_split: DatasetSplit, cfg: TrainConfig
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The memory bank (training images) and the queries (the first `cfg.n_eval` held-out)."""
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The memory bank (the training images the run used) and `cfg.n_eval` held-out queries,
+    each as uint8 images (N, 3, H, W) with their labels (N,)."""
     if train_split.images is None:
         train_split.images = to_tensor_images(train_split.dataset, cfg.image_size)
     if test_split.images is None:
         test_split.images = to_tensor_images(test_split.dataset, cfg.image_size)
-    bank = train_split.images[: cfg.n_train]  # (N, 3, H, W) uint8
-    queries = test_split.images[: cfg.n_eval]  # (M, 3, H, W) uint8
-    return bank, queries
+    bank = subset_indices(train_split.images.shape[0], cfg.n_train, cfg.seed)  # (N,)
+    queries = subset_indices(test_split.images.shape[0], cfg.n_eval, cfg.seed)  # (M,)
+    return (train_split.images[bank], train_split.labels[bank],
+            test_split.images[queries], test_split.labels[queries])
 
 
 def knn_top1(backbone: torch.nn.Module, train_split: DatasetSplit, test_split: DatasetSplit,
              cfg: TrainConfig, device: torch.device, k: int = 20) -> dict[str, float]:
     """Weighted kNN (T=0.07) accuracy of a backbone's CLS features: training images as the
-    memory bank, the first `cfg.n_eval` held-out images as queries."""
-    bank, queries = _eval_images(train_split, test_split, cfg)
+    memory bank, `cfg.n_eval` held-out images as queries."""
+    bank, bank_labels, queries, query_labels = _eval_images(train_split, test_split, cfg)
     kwargs = {"device": device, "progress": False}
     bank_features = extract_features(backbone, bank, **kwargs)  # (N, D)
     query_features = extract_features(backbone, queries, **kwargs)  # (M, D)
-    return knn_accuracy(bank_features, train_split.labels[: bank.shape[0]], query_features,
-                        test_split.labels[: queries.shape[0]], n_classes=len(train_split.classes),
-                        k=k)
+    return knn_accuracy(bank_features, bank_labels, query_features, query_labels,
+                        n_classes=len(train_split.classes), k=k)
 
 
 def run_demo(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train `cfg`, evaluate trained vs random initialisation, write figures; return the numbers."""
     start = time.perf_counter()
-    result = train(cfg, progress=progress)
-    device = pick_device(cfg.device)
     train_split, test_split = load_splits(cfg)
+    result = train(cfg, progress=progress, train_split=train_split)
+    device = pick_device(cfg.device)
 
     torch.manual_seed(cfg.seed)  # the same seed and order as `train` gives the same initial weights
     random_backbone = build_backbone(cfg).to(device)
@@ -93,11 +94,10 @@ def evaluate_checkpoint(path: str, which: str = "teacher", linear: bool = False,
     print(f"{which} kNN (k={k}): top-1 {results['knn']['top1']:.1f}%, "
           f"top-5 {results['knn']['top5']:.1f}%")
     if linear:
-        bank, queries = _eval_images(train_split, test_split, cfg)
+        bank, bank_labels, queries, query_labels = _eval_images(train_split, test_split, cfg)
         train_f = extract_features(backbone, bank, device=device)  # (N, D)
         test_f = extract_features(backbone, queries, device=device)  # (M, D)
-        results["linear"] = linear_probe(train_f, train_split.labels[: bank.shape[0]], test_f,
-                                         test_split.labels[: queries.shape[0]],
+        results["linear"] = linear_probe(train_f, bank_labels, test_f, query_labels,
                                          n_classes=len(train_split.classes))
         print(f"{which} linear probe: top-1 {results['linear']['top1']:.1f}%, "
               f"top-5 {results['linear']['top5']:.1f}%")

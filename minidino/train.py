@@ -29,7 +29,7 @@ from minidino.checkpoint import (
     set_rng_state,
 )
 from minidino.config import TrainConfig
-from minidino.data import DatasetSplit, load_dataset
+from minidino.data import DatasetSplit, load_dataset, subset_indices
 from minidino.metrics import collapse_metrics
 from minidino.step import build_parts, train_step
 
@@ -74,7 +74,8 @@ def load_splits(cfg: TrainConfig) -> tuple[DatasetSplit, DatasetSplit]:
 
 def make_batches(cfg: TrainConfig, train: DatasetSplit, device: torch.device):
     crops = crop_config(cfg)
-    images = train.images[: cfg.n_train] if train.images is not None else None
+    chosen = subset_indices(len(train.labels), cfg.n_train, cfg.seed)  # (N,)
+    images = train.images[chosen] if train.images is not None else None
     mode = cfg.data_mode
     if mode == "auto":
         mode = "device" if images is not None else "loader"
@@ -85,7 +86,7 @@ def make_batches(cfg: TrainConfig, train: DatasetSplit, device: torch.device):
         return DeviceBatches(images, cfg.batch_size, crops, cfg.seed, device)
     dataset = train.dataset
     if cfg.n_train is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(cfg.n_train, len(dataset))))
+        dataset = torch.utils.data.Subset(dataset, chosen.tolist())
     return LoaderBatches(dataset, cfg.batch_size, crops, cfg.seed, device, cfg.num_workers)
 
 
@@ -122,8 +123,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         batches.load_state_dict(state["batches"])
         set_rng_state(state["rng"])
         start = state["step"]
-        _truncate_jsonl(run_dir / "metrics.jsonl", start)
         print(f"minidino: resumed from {resume} at step {start}")
+    # a fresh run starts new logs; a resumed one drops what was logged after its checkpoint
+    _truncate_jsonl(run_dir / "metrics.jsonl", "step", start)
+    _truncate_jsonl(run_dir / "epochs.jsonl", "epoch", start // steps_per_epoch)
 
     log = (run_dir / "metrics.jsonl").open("a")
     bar = tqdm(total=last_step, initial=start, disable=not progress, desc="train", unit="step")
@@ -210,10 +213,10 @@ def _log_epoch(path: Path, epoch: int, diags: list[dict[str, float]], out_dim: i
               f"prototypes used {record['prototypes_used']:.0f} of {out_dim}")
 
 
-def _truncate_jsonl(path: Path, step: int) -> None:
-    """Drop records of steps >= `step` (written after the checkpoint we resume from)."""
+def _truncate_jsonl(path: Path, key: str, first_dropped: int) -> None:
+    """Drop the records whose `key` (step or epoch) is >= `first_dropped`."""
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] < step]
+            if line.strip() and json.loads(line)[key] < first_dropped]
     path.write_text("".join(line + "\n" for line in keep))

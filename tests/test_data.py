@@ -375,3 +375,16 @@ def test_download_bad_names(tmp_path) -> None:
         download("folder", tmp_path)
     with pytest.raises(ValueError, match="name='svhn'"):
         download("svhn", tmp_path)
+
+
+def test_subset_indices_keep_every_class_of_a_class_sorted_list():
+    from minidino.data import subset_indices
+
+    labels = torch.arange(10).repeat_interleave(100)  # sorted by class, as a folder lists files
+    chosen = subset_indices(1000, 50, seed=0)
+    assert chosen.shape == (50,) and torch.equal(chosen, chosen.sort().values)
+    assert len(chosen.unique()) == 50 and set(labels[chosen].tolist()) == set(range(10))
+    assert torch.equal(chosen, subset_indices(1000, 50, seed=0))  # deterministic
+    assert not torch.equal(chosen, subset_indices(1000, 50, seed=1))
+    assert torch.equal(subset_indices(7, None), torch.arange(7))
+    assert torch.equal(subset_indices(7, 100), torch.arange(7))

@@ -120,6 +120,10 @@ def test_cli_train_writes_config_metrics_and_checkpoint(tmp_path):
     run_dir = tmp_path / "cli"
     assert TrainConfig.load(run_dir / "config.json").epochs == 1
     assert (run_dir / "checkpoint.pt").exists() and losses(run_dir)
+    n_steps = len(losses(run_dir))
+    assert main(["train", "--fast", "--no-progress", "--out-dir", str(tmp_path),
+                 "--run-name", "cli", "--epochs", "1"]) == 0
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == n_steps  # a fresh log
     epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [0]
     assert 0 <= epochs[0]["teacher_entropy"] <= math.log(TrainConfig.load(
