@@ -19,7 +19,7 @@ import torch
 from minidino.batches import DeviceBatches, LoaderBatches
 from minidino.config import TrainConfig
 from minidino.data import TensorImageDataset
-from minidino.step import build_parts, train_step
+from minidino.step import build_backbone, build_parts, train_step
 from minidino.train import crop_config
 
 # Dense bf16 tensor-core peaks (FLOP/s) used for MFU; unknown GPUs report no MFU.
@@ -94,8 +94,6 @@ def bench_training(cfg: TrainConfig, device: torch.device, steps: int = 20, warm
                                        cfg.batch_size, crop_config(cfg), 0, device, num_workers)
         cases.append((f"end to end, DataLoader ({num_workers} workers)",
                       lambda: endless(loader_batches)))
-    from minidino.step import build_backbone
-
     backbone = build_backbone(cfg)
     flops = training_flops_per_image(cfg, backbone.embed_dim, backbone.depth)
     peak = next((v for k, v in PEAK_BF16.items()
