@@ -36,16 +36,23 @@ def _eval_images(train_split: DatasetSplit, test_split: DatasetSplit, cfg: Train
             test_split.images[queries], test_split.labels[queries])
 
 
-def knn_top1(backbone: torch.nn.Module, train_split: DatasetSplit, test_split: DatasetSplit,
-             cfg: TrainConfig, device: torch.device, k: int = 20) -> dict[str, float]:
-    """Weighted kNN (T=0.07) accuracy of a backbone's CLS features: training images as the
-    memory bank, `cfg.n_eval` held-out images as queries."""
+def eval_features(backbone: torch.nn.Module, train_split: DatasetSplit, test_split: DatasetSplit,
+                  cfg: TrainConfig, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CLS features (N, D) of the memory bank and (M, D) of the queries, with their labels."""
     bank, bank_labels, queries, query_labels = _eval_images(train_split, test_split, cfg)
     kwargs = {"device": device, "progress": False}
     bank_features = extract_features(backbone, bank, **kwargs)  # (N, D)
     query_features = extract_features(backbone, queries, **kwargs)  # (M, D)
-    return knn_accuracy(bank_features, bank_labels, query_features, query_labels,
-                        n_classes=len(train_split.classes), k=k)
+    return bank_features, bank_labels, query_features, query_labels
+
+
+def knn_top1(backbone: torch.nn.Module, train_split: DatasetSplit, test_split: DatasetSplit,
+             cfg: TrainConfig, device: torch.device, k: int = 20) -> dict[str, float]:
+    """Weighted kNN (T=0.07) accuracy of a backbone's CLS features: training images as the
+    memory bank, `cfg.n_eval` held-out images as queries."""
+    features = eval_features(backbone, train_split, test_split, cfg, device)
+    return knn_accuracy(*features, n_classes=len(train_split.classes), k=k)
 
 
 def run_demo(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
@@ -81,35 +88,35 @@ def run_demo(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             "train_seconds": result["seconds"], "steps": result["steps"], "run_dir": run_dir}
 
 
+def _backbone_from(path: str | Path, key: str) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    """Rebuild the backbone stored under `key` of a file that also holds its config."""
+    state = load_checkpoint(path)
+    cfg = TrainConfig.from_dict(state["config"])
+    backbone = build_backbone(cfg)
+    load_backbone_weights(backbone, state[key])
+    return backbone, cfg, state
+
+
 def evaluate_checkpoint(path: str, which: str = "teacher", linear: bool = False, k: int = 20
                         ) -> dict[str, dict[str, float]]:
     """kNN (and optionally a linear probe) of the backbone saved in a training checkpoint."""
-    state = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(state["config"])
+    backbone, cfg, _ = _backbone_from(path, which)
     device = pick_device(cfg.device)
-    backbone = build_backbone(cfg).to(device)
-    load_backbone_weights(backbone, state[which])
+    backbone = backbone.to(device)
     train_split, test_split = load_splits(cfg)
-    results = {"knn": knn_top1(backbone, train_split, test_split, cfg, device, k=k)}
-    print(f"{which} kNN (k={k}): top-1 {results['knn']['top1']:.1f}%, "
-          f"top-5 {results['knn']['top5']:.1f}%")
+    features = eval_features(backbone, train_split, test_split, cfg, device)  # computed once
+    n_classes = len(train_split.classes)
+    results = {"knn": knn_accuracy(*features, n_classes=n_classes, k=k)}
     if linear:
-        bank, bank_labels, queries, query_labels = _eval_images(train_split, test_split, cfg)
-        train_f = extract_features(backbone, bank, device=device)  # (N, D)
-        test_f = extract_features(backbone, queries, device=device)  # (M, D)
-        results["linear"] = linear_probe(train_f, bank_labels, test_f, query_labels,
-                                         n_classes=len(train_split.classes))
-        print(f"{which} linear probe: top-1 {results['linear']['top1']:.1f}%, "
-              f"top-5 {results['linear']['top5']:.1f}%")
+        results["linear"] = linear_probe(*features, n_classes=n_classes)
+    for name, r in results.items():
+        print(f"{which} {name}: top-1 {r['top1']:.1f}%, top-5 {r['top5']:.1f}%")
     return results
 
 
 def export_backbone(checkpoint: str | Path, out: str | Path, which: str = "teacher") -> Path:
     """Save one backbone of a training checkpoint with its config: a small file to share."""
-    state = load_checkpoint(checkpoint)
-    cfg = TrainConfig.from_dict(state["config"])
-    backbone = build_backbone(cfg)
-    load_backbone_weights(backbone, state[which])
+    backbone, _, state = _backbone_from(checkpoint, which)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": state["config"], "backbone": backbone.state_dict(), "which": which,
@@ -119,7 +126,4 @@ def export_backbone(checkpoint: str | Path, out: str | Path, which: str = "teach
 
 def load_pretrained(path: str | Path = "data/cpu-demo-teacher.pt") -> torch.nn.Module:
     """A backbone saved by `export_backbone`, in eval mode, on the CPU."""
-    state = load_checkpoint(path)
-    backbone = build_backbone(TrainConfig.from_dict(state["config"]))
-    load_backbone_weights(backbone, state["backbone"])
-    return backbone.eval()
+    return _backbone_from(path, "backbone")[0].eval()

@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     bench_main(["augment", "--device", args.device, "--n-images", "4096"])
     rates = {}
     for preset in ("cpu-demo", "cifar10"):
-        cfg = replace(get_preset(preset), batch_size=args.batch_size if preset == "cifar10"
-                      else get_preset(preset).batch_size)
+        cfg = get_preset(preset)
+        if preset == "cifar10":
+            cfg = replace(cfg, batch_size=args.batch_size)
         rows = bench_training(cfg, device, steps=args.bench_steps, num_workers=args.workers)
         print(format_rows(f"\n{preset} ({cfg.arch}/{cfg.patch_size}, batch {cfg.batch_size})",
                           rows), flush=True)
