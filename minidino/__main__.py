@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 
 from minidino.config import (
     PRESETS,
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             download(args.name, args.root)
         elif args.command == "presets":
             for name, cfg in PRESETS.items():
-                print(f"{name}: {replace(cfg, extra={})}")
+                print(f"{name}: {cfg}")
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"minidino: error: {err}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ import math
 import os
 import types
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,6 @@ class TrainConfig:
     n_eval: int | None = None  # held-out images for kNN (None: the whole test split)
     max_steps: int | None = None  # stop after this many steps (schedules still span all epochs)
     compile: bool = False
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -241,8 +240,6 @@ def _parse_value(name: str, kind: type, text: str) -> Any:
 def add_config_arguments(parser: Any) -> None:
     """Add one `--field-name` option per TrainConfig field to an argparse parser."""
     for f in fields(TrainConfig):
-        if f.name == "extra":
-            continue
         kind = _base_type(f)
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, type=str,
                             metavar=kind.__name__.upper(), help="(default from the preset)")

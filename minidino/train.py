@@ -99,7 +99,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     run_dir = Path(cfg.out_dir) / cfg.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
-    fields = "\n".join(f"  {k} = {v!r}" for k, v in cfg.__dict__.items() if k != "extra")
+    fields = "\n".join(f"  {k} = {v!r}" for k, v in cfg.__dict__.items())
     print(f"minidino: training on {device}; run folder {run_dir}; config:\n{fields}")
 
     if train_split is None:
