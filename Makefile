@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint lab bench bench-gpu clean
+.PHONY: install demo test lint exercises lab bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# after editing a lesson in notebooks/: strip its outputs and regenerate exercises/ and solutions/
+exercises: $(STAMP)
+	$(BIN)/python scripts/make_exercises.py
+
 test: lint
+	$(BIN)/python scripts/make_exercises.py --check
 	MINIDINO_FAST=1 $(BIN)/python -m pytest --nbval-lax --durations=15 \
 		tests $(wildcard notebooks/*.ipynb) $(wildcard exercises/*.ipynb) $(wildcard solutions/*.ipynb)
 

@@ -5,7 +5,7 @@ Examples:
     python -m minidino train --preset cifar10 --epochs 50 --batch-size 256
     python -m minidino train --preset cifar10 --resume runs/cifar10/checkpoint.pt
     python -m minidino eval runs/cifar10/checkpoint.pt --linear
-    python -m minidino export runs/cpu-demo/checkpoint.pt data/cpu-demo-teacher.pt
+    python -m minidino export runs/cpu-demo/checkpoint.pt minidino/assets/cpu-demo-teacher.pt
     python -m minidino download cifar10
 """
 

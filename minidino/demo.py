@@ -124,6 +124,13 @@ def export_backbone(checkpoint: str | Path, out: str | Path, which: str = "teach
     return out
 
 
-def load_pretrained(path: str | Path = "data/cpu-demo-teacher.pt") -> torch.nn.Module:
-    """A backbone saved by `export_backbone`, in eval mode, on the CPU."""
+PRETRAINED = Path(__file__).parent / "assets" / "cpu-demo-teacher.pt"
+
+
+def load_pretrained(path: str | Path = PRETRAINED) -> torch.nn.Module:
+    """A backbone saved by `export_backbone`, in eval mode, on the CPU.
+
+    The default is the teacher of a `cpu-demo` run that ships with the package (1.9 MB), so the
+    lessons can show trained features and attention maps without training first.
+    """
     return _backbone_from(path, "backbone")[0].eval()

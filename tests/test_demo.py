@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
@@ -48,7 +47,7 @@ def test_committed_pretrained_backbone_loads_and_beats_random_init():
     from minidino.evaluate import extract_features, knn_accuracy
     from minidino.step import build_backbone
 
-    trained = load_pretrained(Path(__file__).parents[1] / "data" / "cpu-demo-teacher.pt")
+    trained = load_pretrained()
     cfg = get_preset("cpu-demo")
     torch.manual_seed(cfg.seed)
     random_init = build_backbone(cfg).eval()
