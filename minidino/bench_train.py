@@ -102,6 +102,8 @@ def bench_training(cfg: TrainConfig, device: torch.device, steps: int = 20, warm
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         ips = _rate(cfg, device, make, steps, warmup)
+        if cfg.compile:
+            name += ", torch.compile"
         rows.append({"row": name, "images_per_s": ips, "peak_mb": _peak_memory_mb(device),
                      "mfu": ips * flops / peak if peak else None})
     return rows

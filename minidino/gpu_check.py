@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", default="runs")
     parser.add_argument("--device", default="cuda", help="cpu only for a dry run of the script")
     parser.add_argument("--bench-steps", type=int, default=20)
+    parser.add_argument("--compile", action="store_true",
+                        help="also benchmark cifar10 with torch.compile, and train with it")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -49,13 +51,17 @@ def main(argv: list[str] | None = None) -> None:
         if preset == "cifar10":
             cfg = replace(cfg, batch_size=args.batch_size)
         rows = bench_training(cfg, device, steps=args.bench_steps, num_workers=args.workers)
+        if args.compile and preset == "cifar10":  # compiled rows first; same DataLoader baseline
+            rows = bench_training(replace(cfg, compile=True), device, steps=args.bench_steps,
+                                  loader=False) + rows
         print(format_rows(f"\n{preset} ({cfg.arch}/{cfg.patch_size}, batch {cfg.batch_size})",
                           rows), flush=True)
         rates[preset] = rows[1]["images_per_s"]
 
     cfg = replace(get_preset("cifar10"), dataset="folder", data_path=args.data_path,
                   data_mode="device", batch_size=args.batch_size, out_dir=args.out_dir,
-                  run_name="gpu-check", device=args.device, n_eval=None, log_every=50)
+                  run_name="gpu-check", device=args.device, n_eval=None, log_every=50,
+                  compile=args.compile)
     t0 = time.perf_counter()
     train_split, test_split = load_splits(cfg)
     n_train = train_split.images.shape[0]
