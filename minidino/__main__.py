@@ -4,6 +4,8 @@ Examples:
     python -m minidino demo                              # the main job, about 5 minutes on a CPU
     python -m minidino train --preset cifar10 --epochs 50 --batch-size 256
     python -m minidino train --preset cifar10 --resume runs/cifar10/checkpoint.pt
+    python -m minidino train --preset cifar10 --resume auto       # after a stop or a crash
+    torchrun --nproc_per_node 4 -m minidino train --preset cifar10  # 4 GPUs, DDP
     python -m minidino eval runs/cifar10/checkpoint.pt --linear
     python -m minidino export runs/cpu-demo/checkpoint.pt minidino/assets/cpu-demo-teacher.pt
     python -m minidino download cifar10
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from minidino.config import (
     PRESETS,
@@ -25,6 +28,24 @@ from minidino.config import (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, `minidino: error: ...` and exit status 2, instead of
+    the usage block (which lists every config option for `train`)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"minidino: error: {message} (see: {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a positive integer")
+    return value
+
+
 def _resolve(args: argparse.Namespace, default_preset: str) -> TrainConfig:
     cfg = get_preset(args.preset or default_preset)
     if args.fast or fast_mode():
@@ -33,8 +54,8 @@ def _resolve(args: argparse.Namespace, default_preset: str) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minidino", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m minidino", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("demo", "train cpu-demo on the built-in dataset and report kNN"),
                             ("train", "train with a preset; any config field can be overridden")):
@@ -43,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--fast", action="store_true", help="tiny model, a few steps (as in CI)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         if name == "train":
-            p.add_argument("--resume", default=None, help="a checkpoint.pt to continue from")
+            p.add_argument("--resume", default=None,
+                           help="a checkpoint.pt to continue from, or 'auto': the newest valid "
+                                "checkpoint in the run folder (a fresh run when there is none)")
         add_config_arguments(p)
     p = sub.add_parser("eval", help="kNN (and linear probe) of a checkpoint's backbone")
     p.add_argument("checkpoint")
     p.add_argument("--which", choices=("teacher", "student"), default="teacher")
     p.add_argument("--linear", action="store_true", help="also train a linear probe")
-    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--k", type=_positive_int, default=20, help="neighbours for kNN")
     p = sub.add_parser("export", help="save a checkpoint's backbone and config to a small file")
     p.add_argument("checkpoint")
     p.add_argument("out")
@@ -58,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name")
     p.add_argument("--root", default="data")
     sub.add_parser("presets", help="list the presets")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a bad option (2), already printed on one line
+        return stop.code if isinstance(stop.code, int) else 2
 
     try:
         if args.command == "demo":
@@ -85,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "presets":
             for name, cfg in PRESETS.items():
                 print(f"{name}: {cfg}")
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:  # a ConfigError is a ValueError
         print(f"minidino: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:

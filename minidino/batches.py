@@ -9,6 +9,9 @@
 Both yield, for every step, a list of `2 + n_local_crops` tensors `(B, 3, S, S)`: the global crops
 first, then the local crops. The order of images in an epoch depends only on `(seed, epoch)`, so a
 resumed run sees the same batches as an uninterrupted one.
+
+Under torchrun (see `minidino.distributed`) `batch_size` is the global batch: every rank walks the
+same permutation and takes its own slice of each global batch, `batch_size / world_size` images.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from minidino.augment import BatchedMultiCrop, MultiCropConfig, PerImageMultiCrop, collate_crops
+from minidino.distributed import per_rank_batch, rank_seed
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
@@ -30,29 +34,41 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=g)
 
 
+def rank_slice(order: Tensor, it: int, batch_size: int, rank: int, world: int) -> Tensor:
+    """This rank's share of global batch `it` of the epoch order `order` (n,).  (B / world,)"""
+    local = batch_size // world
+    first = it * batch_size + rank * local
+    return order[first:first + local]
+
+
 class DeviceBatches:
-    """Device-resident uint8 images, shuffled and augmented on the device in batches."""
+    """Device-resident uint8 images, shuffled and augmented on the device in batches.
+
+    With `world` processes, rank `rank` yields its `batch_size / world` images of each global
+    batch and draws its augmentations from its own seed.
+    """
 
     def __init__(self, images: Tensor, batch_size: int, crops: MultiCropConfig, seed: int,
-                 device: torch.device) -> None:
+                 device: torch.device, rank: int = 0, world: int = 1) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be a uint8 tensor (N, 3, H, W), got {images.dtype} "
                              f"{tuple(images.shape)}")
         if batch_size > images.shape[0]:
             raise ValueError(f"batch_size={batch_size} is larger than the dataset "
                              f"({images.shape[0]} images)")
+        self.local_batch = per_rank_batch(batch_size, world)
         self.images = images.to(device)  # (N, 3, H, W) uint8
-        self.batch_size = batch_size
+        self.batch_size, self.rank, self.world = batch_size, rank, world
         self.seed = seed
         self.augment = BatchedMultiCrop(crops)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(rank_seed(seed, rank))
         self.steps_per_epoch = images.shape[0] // batch_size  # the last partial batch is dropped
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[list[Tensor]]:
         """Yield the crops of each step of `epoch`, starting at step `start` within it."""
         order = epoch_permutation(self.images.shape[0], self.seed, epoch).to(self.images.device)
         for it in range(start, self.steps_per_epoch):
-            idx = order[it * self.batch_size:(it + 1) * self.batch_size]  # (B,)
+            idx = rank_slice(order, it, self.batch_size, self.rank, self.world)  # (B / world,)
             yield self.augment(self.images[idx], generator=self.generator)
 
     def state_dict(self) -> dict[str, Any]:
@@ -77,28 +93,36 @@ class _Transformed(Dataset):
 
 
 class _EpochSampler(torch.utils.data.Sampler[int]):
-    def __init__(self, n: int, seed: int) -> None:
+    """This rank's images of every full global batch of the epoch, in order."""
+
+    def __init__(self, n: int, seed: int, batch_size: int, rank: int, world: int) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
+        self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.steps = n // batch_size
 
     def __iter__(self) -> Iterator[int]:
-        return iter(epoch_permutation(self.n, self.seed, self.epoch).tolist())
+        order = epoch_permutation(self.n, self.seed, self.epoch)  # (n,)
+        return iter(torch.cat([rank_slice(order, it, self.batch_size, self.rank, self.world)
+                               for it in range(self.steps)]).tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.steps * (self.batch_size // self.world)
 
 
 class LoaderBatches:
-    """A DataLoader whose workers run the per-image multi-crop pipeline."""
+    """A DataLoader whose workers run the per-image multi-crop pipeline (this rank's share)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, crops: MultiCropConfig, seed: int,
-                 device: torch.device, num_workers: int = 2) -> None:
+                 device: torch.device, num_workers: int = 2, rank: int = 0,
+                 world: int = 1) -> None:
         n = len(dataset)  # type: ignore[arg-type]
         if batch_size > n:
             raise ValueError(f"batch_size={batch_size} is larger than the dataset ({n} images)")
-        self.sampler = _EpochSampler(n, seed)
+        self.local_batch = per_rank_batch(batch_size, world)
+        self.sampler = _EpochSampler(n, seed, batch_size, rank, world)
         self.device = device
         self.loader = DataLoader(
-            _Transformed(dataset, PerImageMultiCrop(crops)), batch_size=batch_size,
+            _Transformed(dataset, PerImageMultiCrop(crops)), batch_size=self.local_batch,
             sampler=self.sampler, num_workers=num_workers, collate_fn=collate_crops,
             drop_last=True, pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,

@@ -2,7 +2,9 @@
 
 A checkpoint is written to a temporary file in the same folder and then renamed over the old one.
 A rename is atomic on POSIX file systems, so a run killed while writing leaves either the previous
-checkpoint or the new one on disk, never half a file.
+checkpoint or the new one on disk, never half a file. A training run also keeps the checkpoint
+before the newest (`checkpoint-previous.pt`): if the newest is damaged later (a full disk, a copy
+cut short), `--resume auto` reports it and continues from the previous one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -17,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from minidino.distributed import broadcast_object, is_main
 
 
 def rng_state() -> dict[str, Any]:
@@ -39,8 +44,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write `state` to `path` atomically (temporary file, fsync, rename)."""
+TRAINING_KEYS = ("student", "teacher", "optimizer", "loss", "batches", "rng", "step", "config")
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where the checkpoint before `path` is kept: checkpoint.pt -> checkpoint-previous.pt."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-previous{path.suffix}")
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
+    """Write `state` to `path` atomically (temporary file, fsync, rename).
+
+    With `keep_previous`, the checkpoint already at `path` is first renamed to
+    `previous_path(path)`, so the last two checkpoints stay on disk."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -49,6 +66,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -68,6 +87,77 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {str(path)!r} does not hold a dict (got {type(state)})")
     return state
+
+
+def find_resume_checkpoint(run_dir: str | Path,
+                           map_location: str | torch.device = "cpu") -> tuple[Path | None,
+                                                                             dict[str, Any]]:
+    """`--resume auto`: the newest valid training checkpoint in `run_dir`, and its state.
+
+    Tries checkpoint.pt, then checkpoint-previous.pt; each one that is truncated, corrupt or not
+    a training checkpoint is reported on stderr and renamed to `<name>.damaged` (kept for a look,
+    and so the next save does not rotate it over the good one). Returns (None, {}) when the folder
+    holds no checkpoint yet (a fresh start); raises ValueError when every checkpoint is damaged
+    (starting afresh would throw the run away, so that is left to the user).
+    """
+    newest = Path(run_dir) / "checkpoint.pt"
+    for tmp in Path(run_dir).glob("checkpoint*.pt.*.tmp"):  # left by a kill during a write
+        tmp.unlink(missing_ok=True)
+    damaged: list[str] = []
+    for path in (newest, previous_path(newest)):
+        if not path.is_file():
+            continue
+        try:
+            state = load_checkpoint(path, map_location=map_location)
+            missing = [k for k in TRAINING_KEYS if k not in state]
+            if missing:
+                raise ValueError(f"checkpoint {str(path)!r} is not a training checkpoint "
+                                 f"(no {missing})")
+        except ValueError as err:
+            aside = path.with_name(path.name + ".damaged")
+            os.replace(path, aside)
+            damaged.append(f"{err} (moved to {aside.name})")
+            print(f"minidino: warning: {damaged[-1]}; skipped", file=sys.stderr)
+            continue
+        return path, state
+    damaged += [f"{p.name} from an earlier attempt" for p in Path(run_dir).glob("*.damaged")
+                if not any(p.name in d for d in damaged)]
+    if damaged:
+        raise ValueError(f"no usable checkpoint in {str(run_dir)!r}: {'; '.join(damaged)}. "
+                         "Delete the *.damaged files to start the run afresh")
+    return None, {}
+
+
+def resume_state(resume: str | Path | None, run_dir: Path,
+                 device: torch.device) -> tuple[Path | None, dict[str, Any]]:
+    """The checkpoint `train(resume=...)` continues from, and its state ((None, {}): none).
+
+    `resume`: None, a checkpoint file (it must load), "auto" (`find_resume_checkpoint` in
+    `run_dir`) or a run folder. Under torchrun rank 0 chooses and every rank loads that file.
+    """
+    if resume is None:
+        return None, {}
+    chosen: Path | None = None
+    state: dict[str, Any] = {}
+    error = None
+    if is_main():
+        try:
+            if str(resume) == "auto" or Path(resume).is_dir():
+                folder = run_dir if str(resume) == "auto" else Path(resume)
+                chosen, state = find_resume_checkpoint(folder, map_location=device)
+                if chosen is None:
+                    print(f"minidino: no checkpoint in {folder} yet; starting a fresh run")
+            else:
+                chosen, state = Path(resume), load_checkpoint(resume, map_location=device)
+        except (ValueError, FileNotFoundError) as err:
+            error = err
+    name, message = broadcast_object((None if chosen is None else str(chosen),
+                                      None if error is None else str(error)))
+    if message is not None:
+        raise error if error is not None else ValueError(message)
+    if name is not None and not is_main():
+        chosen, state = Path(name), load_checkpoint(name, map_location=device)
+    return chosen, state
 
 
 def load_backbone_weights(backbone: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:

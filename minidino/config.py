@@ -11,22 +11,24 @@ import dataclasses
 import json
 import math
 import os
-import types
 import typing
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 ARCHS = ("vit_nano", "vit_tiny", "vit_small", "vit_base")
+ARCH_SIZES = {"vit_nano": (96, 4, 3), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6),
+              "vit_base": (768, 12, 12)}  # (embed_dim, depth, num_heads) of each factory
+DATASETS = ("shapes", "cifar10", "cifar100", "imagenette", "folder")
+DIFFICULTIES = ("easy", "medium", "hard")  # the built-in shapes' styles
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DATA_PATHS = ("auto", "device", "loader")
 
 
 def fast_mode() -> bool:
     """True when `MINIDINO_FAST=1` or `CI=true`: every run shrinks to a few quick steps."""
-    flag = os.environ.get("MINIDINO_FAST", "").strip().lower()
-    ci = os.environ.get("CI", "").strip().lower()
-    return flag in ("1", "true", "yes") or ci in ("1", "true", "yes")
+    flags = (os.environ.get("MINIDINO_FAST", ""), os.environ.get("CI", ""))
+    return any(flag.strip().lower() in ("1", "true", "yes") for flag in flags)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class TrainConfig:
     n_eval: int | None = None  # held-out images for kNN (None: the whole test split)
     max_steps: int | None = None  # stop after this many steps (schedules still span all epochs)
     compile: bool = False
+    collapse_patience: int = 3  # epochs of near-0 or near-log K teacher entropy before a warning
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -114,52 +117,100 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}; allowed: {sorted(known)}")
-        tuples = {f.name for f in fields(cls) if _base_type(f) is tuple}
-        fixed = {k: tuple(v) if k in tuples and v is not None else v for k, v in values.items()}
+        tuples = {name for name, (kind, _) in _FIELD_TYPES.items() if kind is tuple}
+        fixed = {k: tuple(v) if k in tuples and isinstance(v, list) else v
+                 for k, v in values.items()}
         return cls(**fixed)
+
+
+_FIELD_TYPES: dict[str, tuple[type, bool]] = {}  # field: (int/float/str/bool/tuple, may be None)
+for _name, _hint in typing.get_type_hints(TrainConfig).items():
+    _args = typing.get_args(_hint)
+    _kind = next(a for a in _args if a is not type(None)) if type(None) in _args else _hint
+    _FIELD_TYPES[_name] = (typing.get_origin(_kind) or _kind, type(None) in _args)
+_KIND_WORDS = {int: "an integer", float: "a finite number", str: "a string",
+               bool: "true or false", tuple: "a pair of finite numbers (low, high)"}
+
+
+class ConfigError(ValueError):
+    """A config value that is not allowed; `field`, `value` and `allowed` say which, what, why."""
+
+    def __init__(self, field: str, value: Any, allowed: str, context: str = "") -> None:
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"{context}{field}={value!r} is not allowed: {allowed}")
+
+
+def _has_type(value: Any, kind: type) -> bool:
+    if kind is tuple:
+        return isinstance(value, tuple) and all(_has_type(v, float) for v in value)
+    if kind is float:
+        return isinstance(value, int | float) and value is not True and value is not False \
+            and math.isfinite(value)
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
 def _validate(c: TrainConfig) -> None:
     def need(ok: bool, name: str, allowed: str) -> None:
         if not ok:
-            raise ValueError(f"{name}={getattr(c, name)!r} is not allowed: {allowed}")
+            raise ConfigError(name, getattr(c, name), allowed)
 
-    need(c.arch in ARCHS, "arch", f"one of {ARCHS}")
-    need(c.device in DEVICES, "device", f"one of {DEVICES}")
-    need(c.data_mode in DATA_PATHS, "data_mode", f"one of {DATA_PATHS}")
+    for name, (kind, optional) in _FIELD_TYPES.items():  # types first: the rest compares values
+        need((optional and getattr(c, name) is None) or _has_type(getattr(c, name), kind), name,
+             f"must be {_KIND_WORDS[kind]}{' or None' if optional else ''}")
+    for name, allowed in (("dataset", DATASETS), ("difficulty", DIFFICULTIES), ("arch", ARCHS),
+                          ("device", DEVICES), ("data_mode", DATA_PATHS)):
+        need(getattr(c, name) in allowed, name, f"one of {allowed}")
     for name in ("image_size", "patch_size", "out_dim", "hidden_dim", "bottleneck_dim",
-                 "global_size", "local_size", "epochs", "batch_size", "log_every"):
-        need(getattr(c, name) > 0, name, "must be a positive integer")
+                 "global_size", "local_size", "epochs", "batch_size", "log_every", "embed_dim",
+                 "depth", "num_heads", "max_steps", "n_train", "n_eval"):
+        need(getattr(c, name) is None or getattr(c, name) > 0, name, "must be a positive integer"
+             + (" or None" if _FIELD_TYPES[name][1] else ""))
+    width, _, heads = ARCH_SIZES[c.arch]
+    need((c.embed_dim or width) % (c.num_heads or heads) == 0, "num_heads",
+         f"must divide embed_dim={c.embed_dim or width} ({c.arch}: {width} wide, {heads} heads)")
     need(c.out_dim >= 2, "out_dim", "K needs at least 2 prototypes")
-    need(c.n_local_crops >= 0, "n_local_crops", "must be >= 0")
     need(c.local_size <= c.global_size, "local_size",
          f"a local crop cannot be larger than a global crop (global_size={c.global_size})")
     for name in ("global_size", "local_size"):
         need(getattr(c, name) % c.patch_size == 0, name,
              f"must be divisible by patch_size={c.patch_size}")
-    for name in ("global_scale", "local_scale", "blur_sigma"):
+    for name, top in (("global_scale", 1), ("local_scale", 1), ("blur_sigma", math.inf)):
         lo_hi = getattr(c, name)
-        need(len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1], name, "a pair (low, high), low <= high")
-    for name in ("global_scale", "local_scale"):
-        need(0 < getattr(c, name)[0] and getattr(c, name)[1] <= 1, name, "within (0, 1]")
+        need(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= top, name,
+             f"a pair (low, high) with 0 < low <= high <= {top}")
+    smallest = c.local_size if c.n_local_crops else c.global_size
+    need(math.ceil(3 * c.blur_sigma[1]) < smallest, "blur_sigma", f"the blur kernel (+-3 sigma) "
+         f"must fit in a {smallest}-px crop: high <= {(smallest - 1) / 3:g}")
     for name in ("student_temp", "teacher_temp", "warmup_teacher_temp", "lr"):
-        need(getattr(c, name) > 0 and math.isfinite(getattr(c, name)), name, "must be > 0")
-    for name in ("center_momentum", "teacher_momentum"):
-        need(0 <= getattr(c, name) <= 1, name, "a momentum must lie in [0, 1]")
+        need(getattr(c, name) > 0, name, "must be > 0")
+    for name in ("center_momentum", "teacher_momentum", "jitter_p", "solarize_p"):
+        need(0 <= getattr(c, name) <= 1, name, "must lie in [0, 1]")
     need(0 <= c.drop_path < 1, "drop_path", "must lie in [0, 1)")
-    for name in ("jitter_p", "solarize_p"):
-        need(0 <= getattr(c, name) <= 1, name, "a probability must lie in [0, 1]")
-    for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad"):
+    for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "n_local_crops",
+                 "warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer",
+                 "n_registers", "knn_every", "num_workers", "seed", "collapse_patience"):
         need(getattr(c, name) >= 0, name, "must be >= 0")
-    for name in ("warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer",
-                 "n_registers", "knn_every", "num_workers"):
-        need(getattr(c, name) >= 0, name, "must be >= 0")
-    need(c.warmup_epochs <= c.epochs, "warmup_epochs", f"at most epochs={c.epochs}")
-    need(c.max_steps is None or c.max_steps > 0, "max_steps", "None or a positive integer")
-    need(c.n_train is None or c.n_train > 0, "n_train", "None or a positive integer")
-    need(c.n_eval is None or c.n_eval > 0, "n_eval", "None or a positive integer")
+    for name in ("warmup_epochs", "warmup_teacher_temp_epochs"):
+        need(getattr(c, name) <= c.epochs, name, f"at most epochs={c.epochs}")
+    need(c.n_train is None or c.n_train >= c.batch_size, "n_train",
+         f"at least batch_size={c.batch_size} images, or None for all of them")
     need(c.dataset != "folder" or c.data_path is not None, "data_path",
          "dataset='folder' needs --data-path pointing to one folder per class")
+    need(c.dataset == "folder" or c.data_path is None, "data_path",
+         f"only dataset='folder' reads it (dataset={c.dataset!r}); leave it None")
+    for name in ("data_root", "out_dir", "run_name"):
+        need(getattr(c, name).strip() != "", name, "must not be empty")
+
+
+def check_world_size(cfg: TrainConfig, world_size: int) -> None:
+    """Refuse a global batch that cannot be split evenly over `world_size` processes."""
+    if not _has_type(world_size, int) or world_size < 1:
+        raise ConfigError("world_size", world_size, "must be a positive integer")
+    lower = cfg.batch_size // world_size * world_size
+    if lower != cfg.batch_size:
+        raise ConfigError("batch_size", cfg.batch_size, f"the global batch must split evenly over "
+                          f"{world_size} processes, at least one image each; try "
+                          f"{lower or world_size}" + (f" or {lower + world_size}" if lower else ""))
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -205,18 +256,9 @@ def get_preset(name: str) -> TrainConfig:
     return PRESETS[name]
 
 
-# ---------------------------------------------------------------------------------------------
 # Command line: one `--field-name VALUE` option per config field, parsed from its type.
-# ---------------------------------------------------------------------------------------------
-
-
-def _base_type(f: dataclasses.Field) -> type:
-    hint = typing.get_type_hints(TrainConfig)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = args[0]
-    origin = typing.get_origin(hint)
-    return origin if origin is not None else hint
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
 
 
 def _parse_value(name: str, kind: type, text: str) -> Any:
@@ -224,32 +266,35 @@ def _parse_value(name: str, kind: type, text: str) -> Any:
         return None
     try:
         if kind is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind is tuple:
-            return tuple(float(v) for v in text.split(","))
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"--{name.replace('_', '-')}={text!r} is not a valid {kind.__name__}"
-                         + (" (write low,high)" if kind is tuple else "")) from None
+            return _BOOLS[text.lower()]
+        return tuple(float(v) for v in text.split(",")) if kind is tuple else kind(text)
+    except (KeyError, ValueError):
+        how = " (write low,high)" if kind is tuple else ""
+        raise ConfigError(name, text, f"must be {_KIND_WORDS[kind]}{how}",
+                          context=f"--{name.replace('_', '-')} {text!r}: ") from None
 
 
 def add_config_arguments(parser: Any) -> None:
     """Add one `--field-name` option per TrainConfig field to an argparse parser."""
     for f in fields(TrainConfig):
-        kind = _base_type(f)
+        kind = _FIELD_TYPES[f.name][0]
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, type=str,
                             metavar=kind.__name__.upper(), help="(default from the preset)")
 
 
 def config_from_args(base: TrainConfig, args: Any) -> TrainConfig:
-    """Apply the options given on the command line on top of `base`."""
-    changes = {}
-    for f in fields(TrainConfig):
-        text = getattr(args, f.name, None)
-        if text is not None:
-            changes[f.name] = _parse_value(f.name, _base_type(f), text)
-    return replace(base, **changes)
+    """Apply the options given on the command line on top of `base`; a ConfigError names the
+    option as typed, the field, the value and what is allowed."""
+    texts = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    changes = {name: _parse_value(name, _FIELD_TYPES[name][0], text)
+               for name, text in texts.items()}
+    try:
+        return replace(base, **changes)
+    except ConfigError as err:
+        option = f"--{err.field.replace('_', '-')}"
+        if err.field in texts:
+            raise ConfigError(err.field, err.value, err.allowed,
+                              context=f"{option} {texts[err.field]!r}: ") from None
+        raise ConfigError(err.field, err.value, f"{err.allowed} (the value comes from the "
+                          f"preset; set another with {option})") from None

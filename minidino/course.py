@@ -25,6 +25,8 @@ def setup(seed: int = 0, verbose: bool = True) -> torch.device:
     np.random.seed(seed)
     torch.manual_seed(seed)
     device = pick_device("auto")
+    if device.type == "cpu" and fast_mode():
+        torch.set_num_threads(1)  # fast-mode models are tiny: splitting each op only costs time
     if verbose:
         name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor()
         print(f"torch {torch.__version__} | device: {device} ({name or 'cpu'}) | "

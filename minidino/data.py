@@ -28,13 +28,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import center_crop, pil_to_tensor, resize
 from tqdm.auto import tqdm
 
+from minidino.config import DATASETS
 from minidino.folder import SPLITS, BadImageWarning, ImageFolderDataset, load_folder
 from minidino.shapes import ShapesDataset
 
 __all__ = ["DATASETS", "SPLITS", "BadImageWarning", "DatasetSplit", "ImageFolderDataset",
            "TensorImageDataset", "download", "load_dataset", "subset_indices", "to_tensor_images"]
 
-DATASETS: tuple[str, ...] = ("shapes", "cifar10", "cifar100", "imagenette", "folder")
 _EXTRA_KWARGS = {"shapes": {"difficulty", "n_images", "seed"}, "cifar10": set(), "cifar100": set(),
                  "imagenette": {"size", "resident"}, "folder": {"scan", "holdout", "resident"}}
 _TORCHVISION = {"cifar10": ("CIFAR10", "cifar-10-batches-py", "170 MB"),

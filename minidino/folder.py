@@ -3,6 +3,10 @@
 Photos from the wild are messy: a stray text file, a half-downloaded JPEG. Each such file is named
 and skipped (reported once), or, with `on_bad_file="error"`, stops the run with its name, instead
 of a bare stack trace from inside PIL.
+
+"Once" holds across DataLoader workers too: each worker process has its own copy of the dataset,
+so the record of which files were found bad lives in a shared-memory tensor that every copy
+reads and writes. The first process to meet a bad file reports it; the others skip it silently.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")  # "val" and "test" both mean held-out
+
 
 class BadImageWarning(UserWarning):
     """A file in an image folder that cannot be read as an image; it is skipped."""
@@ -28,7 +34,8 @@ class ImageFolderDataset(Dataset):
     read as an image (a text file, a corrupt or truncated JPEG) is named in a `BadImageWarning`,
     once, and skipped: `__getitem__` returns the next readable sample instead. With
     on_bad_file="error" it raises a ValueError naming the file. `scan()` checks every file up
-    front and drops the bad ones.
+    front and drops the bad ones. `bad` is the set of files in `samples` found unreadable so far,
+    by this process or by any DataLoader worker (none after `scan()`, which drops them).
     """
 
     def __init__(self, root: str | Path, transform: Any = None, on_bad_file: str = "skip",
@@ -40,7 +47,16 @@ class ImageFolderDataset(Dataset):
         self.samples = samples if samples is not None else _list_files(self.root, self.classes)
         if not self.samples:
             raise ValueError(f"no files found in the class folders of {str(self.root)!r}")
-        self.bad: set[Path] = set()  # files found unreadable, each reported once
+        self._reset_bad_flags()
+
+    def _reset_bad_flags(self) -> None:
+        # (len(samples),) uint8 in shared memory: 1 = found unreadable and reported
+        self._bad_flags = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()
+
+    @property
+    def bad(self) -> set[Path]:
+        """The files found unreadable so far (each reported once), in any worker process."""
+        return {self.samples[j][0] for j in self._bad_flags.nonzero().flatten().tolist()}
 
     @property
     def targets(self) -> list[int]:
@@ -49,39 +65,43 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _open(self, path: Path) -> Image.Image | None:
-        """The image at `path`, or None (reported once) when it cannot be read."""
-        if path in self.bad:
+    def _open(self, j: int) -> Image.Image | None:
+        """The image of sample `j`, or None (reported once) when it cannot be read."""
+        if self._bad_flags[j]:
             return None
+        path = self.samples[j][0]
         try:
             with Image.open(path) as image:
                 return image.convert("RGB")  # decodes every pixel: finds truncated files too
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        except Exception as err:  # PIL raises OSError mostly, but a plugin may raise anything
             reason = f"{type(err).__name__}: {err}"
             if self.on_bad_file == "error":
                 raise ValueError(f"cannot read {str(path)!r} as an image ({reason}); remove the "
                                  "file or pass on_bad_file='skip'") from err
-            self.bad.add(path)
+            if self._bad_flags[j]:  # another worker reported it meanwhile
+                return None
+            self._bad_flags[j] = 1
             warnings.warn(f"skipping {str(path)!r}: not a readable image ({reason})",
                           BadImageWarning, stacklevel=3)
             return None
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         for k in range(len(self.samples)):
-            path, label = self.samples[(i + k) % len(self.samples)]
-            image = self._open(path)
+            j = (i + k) % len(self.samples)
+            image = self._open(j)
             if image is not None:
-                return (self.transform(image) if self.transform else image), label
+                return (self.transform(image) if self.transform else image), self.samples[j][1]
         raise ValueError(f"no file under {str(self.root)!r} could be read as an image")
 
     def scan(self, progress: bool = False) -> list[Path]:
         """Open every file now; drop and return the unreadable ones (each reported once)."""
-        kept = [(p, y) for p, y in tqdm(self.samples, desc="scanning", disable=not progress)
-                if self._open(p) is not None]
-        dropped = [p for p, _ in self.samples if p in self.bad]
-        if not kept:
+        ok = [self._open(j) is not None
+              for j in tqdm(range(len(self.samples)), desc="scanning", disable=not progress)]
+        if not any(ok):
             raise ValueError(f"no file under {str(self.root)!r} could be read as an image")
-        self.samples = kept
+        dropped = [p for (p, _), good in zip(self.samples, ok, strict=True) if not good]
+        self.samples = [s for s, good in zip(self.samples, ok, strict=True) if good]
+        self._reset_bad_flags()  # the kept files are all readable
         return dropped
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from minidino.config import TrainConfig
+from minidino.distributed import is_distributed, rank, rank_seed, wrap_ddp
 from minidino.head import DINOHead, MultiCropWrapper
 from minidino.loss import DINOLoss, teacher_temp_schedule
 from minidino.teacher import (
@@ -89,15 +90,21 @@ class DINOParts:
     schedules: Schedules
     steps_per_epoch: int
     device: torch.device
+    ddp: nn.Module | None = None  # the student inside DistributedDataParallel, under torchrun
 
     def forward(self, crops: list[Tensor]) -> tuple[Tensor, Tensor]:
         teacher_out = self.teacher(crops[:2])  # (2*B, K): the teacher sees only global crops
-        student_out = self.student(crops)  # (n_crops*B, K)
+        student = self.student if self.ddp is None else self.ddp
+        student_out = student(crops)  # (n_crops*B, K)
         return student_out, teacher_out
 
 
 def build_parts(cfg: TrainConfig, steps_per_epoch: int, device: torch.device) -> DINOParts:
-    """Student (seeded with cfg.seed), its EMA teacher, the loss, AdamW and the schedules."""
+    """Student (seeded with cfg.seed), its EMA teacher, the loss, AdamW and the schedules.
+
+    Under torchrun the student is also wrapped in DDP (`parts.ddp`, gradients averaged over the
+    ranks) and every rank but 0 reseeds torch's generator, so drop-path masks differ per rank.
+    """
     torch.manual_seed(cfg.seed)
     student = build_student(cfg).to(device)
     teacher = build_teacher(student)
@@ -105,6 +112,10 @@ def build_parts(cfg: TrainConfig, steps_per_epoch: int, device: torch.device) ->
     optimizer = torch.optim.AdamW(param_groups(student), lr=0.0, fused=device.type == "cuda")
     parts = DINOParts(cfg, student, teacher, loss_fn.to(device), optimizer,
                       Schedules.build(cfg, steps_per_epoch), steps_per_epoch, device)
+    if is_distributed():
+        parts.ddp = wrap_ddp(student, device)
+    if rank() > 0:
+        torch.manual_seed(rank_seed(cfg.seed, rank()))
     if cfg.compile:
         parts.forward = torch.compile(parts.forward)  # type: ignore[method-assign]
     return parts

@@ -23,15 +23,27 @@ from minidino.augment import MultiCropConfig, small_image_config
 from minidino.batches import DeviceBatches, LoaderBatches
 from minidino.checkpoint import (
     GracefulStop,
-    load_checkpoint,
+    resume_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from minidino.config import TrainConfig
+from minidino.config import TrainConfig, check_world_size
 from minidino.data import DatasetSplit, load_dataset, subset_indices
+from minidino.distributed import (
+    all_reduce_mean,
+    any_rank,
+    barrier,
+    gather_objects,
+    init_distributed,
+    is_main,
+    rank,
+    shutdown,
+    world_size,
+)
 from minidino.metrics import collapse_metrics
 from minidino.step import build_parts, train_step
+from minidino.watchdog import CollapseWatchdog
 
 
 class NonFiniteLossError(RuntimeError):
@@ -83,24 +95,45 @@ def make_batches(cfg: TrainConfig, train: DatasetSplit, device: torch.device):
         if images is None:
             raise ValueError(f"data_mode='device' needs a dataset held in memory; "
                              f"dataset={cfg.dataset!r} is read from disk, use data_mode='loader'")
-        return DeviceBatches(images, cfg.batch_size, crops, cfg.seed, device)
+        return DeviceBatches(images, cfg.batch_size, crops, cfg.seed, device, rank(),
+                             world_size())
     dataset = train.dataset
     if cfg.n_train is not None:
         dataset = torch.utils.data.Subset(dataset, chosen.tolist())
-    return LoaderBatches(dataset, cfg.batch_size, crops, cfg.seed, device, cfg.num_workers)
+    return LoaderBatches(dataset, cfg.batch_size, crops, cfg.seed, device, cfg.num_workers,
+                         rank(), world_size())
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
           train_split: DatasetSplit | None = None) -> dict[str, Any]:
     """Train a DINO student and its EMA teacher; return the models and the run folder.
 
+    `resume`: None (a fresh run), a checkpoint file, or "auto": the newest valid checkpoint in
+    the run folder (a fresh run when there is none yet; a damaged newest one is reported and the
+    previous one used). SIGINT (Ctrl-C) or SIGTERM stops at the end of the current step, writes a
+    checkpoint and raises KeyboardInterrupt. Under torchrun every process calls this and trains
+    on its share of each global batch of `cfg.batch_size` images (see `minidino.distributed`).
     `train_split` may be passed when the caller has loaded it already (else it is loaded)."""
-    device = pick_device(cfg.device)
+    device, owns_group = init_distributed(pick_device(cfg.device))
+    try:
+        return _train(cfg, device, resume, progress, train_split)
+    finally:
+        if owns_group:
+            shutdown()
+
+
+def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, progress: bool,
+           train_split: DatasetSplit | None) -> dict[str, Any]:
+    main, world = is_main(), world_size()
+    check_world_size(cfg, world)
     run_dir = Path(cfg.out_dir) / cfg.run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
-    fields = "\n".join(f"  {k} = {v!r}" for k, v in cfg.__dict__.items())
-    print(f"minidino: training on {device}; run folder {run_dir}; config:\n{fields}")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
+        fields = "\n".join(f"  {k} = {v!r}" for k, v in cfg.__dict__.items())
+        procs = f" x {world} processes" if world > 1 else ""
+        print(f"minidino: training on {device}{procs}; run folder {run_dir}; config:\n{fields}")
+    resume_from, state = resume_state(resume, run_dir, device)  # before the data: fail fast
 
     if train_split is None:
         train_split, _ = load_splits(cfg)
@@ -114,37 +147,50 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     last_step = min(total_steps, cfg.max_steps or total_steps)
     ckpt_path = run_dir / "checkpoint.pt"
 
-    start = 0
-    if resume is not None:
-        state = load_checkpoint(resume, map_location=device)
+    start, epoch_diags = 0, []  # collapse diagnostics of this epoch's log steps
+    if resume_from is not None:
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         loss_fn.load_state_dict(state["loss"])
-        batches.load_state_dict(state["batches"])
-        set_rng_state(state["rng"])
-        start = state["step"]
-        print(f"minidino: resumed from {resume} at step {start}")
-    # a fresh run starts new logs; a resumed one drops what was logged after its checkpoint
-    _truncate_jsonl(run_dir / "metrics.jsonl", "step", start)
-    _truncate_jsonl(run_dir / "epochs.jsonl", "epoch", start // steps_per_epoch)
+        own = state["ranks"][rank()] if len(state.get("ranks", ())) == world else \
+            (state if main else None)  # another process count: ranks > 0 keep their own seeds
+        if own is not None:
+            batches.load_state_dict(own["batches"])
+            set_rng_state(own["rng"])
+        start, epoch_diags = state["step"], state.get("epoch_diags", [])
+        if main:
+            print(f"minidino: resumed from {resume_from} at step {start}")
+    if main:  # a fresh run starts new logs; a resumed one drops those after its checkpoint
+        _truncate_jsonl(run_dir / "metrics.jsonl", "step", start)
+        _truncate_jsonl(run_dir / "epochs.jsonl", "epoch", start // steps_per_epoch)
+    watchdog = CollapseWatchdog(cfg.out_dim, cfg.collapse_patience)
+    if main and start > 0:  # a resumed run remembers the epochs before it, without re-warning
+        watchdog.replay(run_dir / "epochs.jsonl")
 
-    log = (run_dir / "metrics.jsonl").open("a")
-    bar = tqdm(total=last_step, initial=start, disable=not progress, desc="train", unit="step")
+    log = (run_dir / "metrics.jsonl").open("a") if main else None
+    bar = tqdm(total=last_step, initial=start, disable=not (progress and main), desc="train",
+               unit="step")
     pending: list[tuple[int, Tensor]] = []  # losses not yet read back from the device
-    epoch_diags: list[dict[str, float]] = []  # collapse diagnostics of this epoch's log steps
-    step, t0, seen = start, time.perf_counter(), 0
+    step, t0, seen, stopping = start, time.perf_counter(), 0, False
     stopper = GracefulStop().__enter__()
 
     def checkpoint() -> None:
-        save_checkpoint({"student": student.state_dict(), "teacher": teacher.state_dict(),
-                         "optimizer": optimizer.state_dict(), "loss": loss_fn.state_dict(),
-                         "batches": batches.state_dict(), "rng": rng_state(), "step": step,
-                         "config": cfg.__dict__}, ckpt_path)
+        own = {"batches": batches.state_dict(), "rng": rng_state()}
+        ranks = gather_objects(own)  # each process's own data order and random state
+        if main:
+            save_checkpoint({"student": student.state_dict(), "teacher": teacher.state_dict(),
+                             "optimizer": optimizer.state_dict(), "loss": loss_fn.state_dict(),
+                             **own, "step": step, "config": cfg.__dict__,
+                             "epoch_diags": epoch_diags, **({"ranks": ranks} if world > 1 else {})},
+                            ckpt_path, keep_previous=True)
+        barrier()  # no process leaves before the checkpoint is on disk
 
-    def flush(extra: dict[str, Any] | None = None) -> None:
-        for s, loss in pending:
-            value = float(loss)
+    def flush(extra: dict[str, Any] | None = None) -> float:
+        if not pending:
+            return math.nan
+        values = all_reduce_mean(torch.stack([loss for _, loss in pending])).tolist()  # (n,)
+        for (s, _), value in zip(pending, values, strict=True):
             if not math.isfinite(value):
                 good = f"last good checkpoint: {ckpt_path}" if ckpt_path.exists() else \
                     "no checkpoint was written yet"
@@ -156,53 +202,60 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
                       "teacher_temp": float(sched.teacher_temp[s])}
             if extra is not None and s == pending[-1][0]:
                 record.update(extra)
-            log.write(json.dumps(record) + "\n")
-        log.flush()
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+        if log is not None:
+            log.flush()
         pending.clear()
+        return values[-1]
 
     try:
-        while step < last_step:
+        while step < last_step and not stopping:
             epoch, it = divmod(step, steps_per_epoch)
             for crops in batches.epoch(epoch, start=it):
                 out = train_step(parts, crops, step)
                 pending.append((step, out["loss"]))
                 step += 1
-                seen += crops[0].shape[0]
+                seen += crops[0].shape[0] * world
                 if step % cfg.log_every == 0 or step == last_step:
-                    diag = collapse_metrics(out["teacher_out"].float(),
-                                            out["student_out"].float(), loss_fn.center,
-                                            out["teacher_temp"], cfg.student_temp)
-                    diag["images_per_s"] = seen / (time.perf_counter() - t0)
-                    last_loss = float(pending[-1][1])
-                    flush(diag)
-                    epoch_diags.append(diag)
-                    bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{sched.lr[step - 1]:.1e}",
-                                    H_t=f"{diag['teacher_entropy']:.2f}")
+                    diag = None
+                    if main:  # diagnostics of rank 0's share of the batch
+                        diag = collapse_metrics(out["teacher_out"].float(),
+                                                out["student_out"].float(), loss_fn.center,
+                                                out["teacher_temp"], cfg.student_temp)
+                        diag["images_per_s"] = seen / (time.perf_counter() - t0)
+                        epoch_diags.append(diag)
+                    last_loss = flush(diag)
+                    if diag is not None:
+                        bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{sched.lr[step - 1]:.1e}",
+                                        H_t=f"{diag['teacher_entropy']:.2f}")
                 bar.update(1)
-                if stopper.requested or step >= last_step:
+                stopping = any_rank(stopper.requested is not None)  # every process stops together
+                if stopping or step >= last_step:
                     break
-            if stopper.requested:
-                flush()
-                checkpoint()
-                raise KeyboardInterrupt(f"stopped by {stopper.requested} at step {step}; "
-                                        f"checkpoint written to {ckpt_path}; continue with "
-                                        f"--resume {ckpt_path}")
             flush()
-            checkpoint()  # every epoch, and when max_steps ends the run
-            if epoch_diags:
-                _log_epoch(run_dir / "epochs.jsonl", epoch, epoch_diags, cfg.out_dim, bar)
-                epoch_diags.clear()
+            if epoch_diags and main and (step % steps_per_epoch == 0 or step >= last_step):
+                record = _log_epoch(run_dir / "epochs.jsonl", epoch, epoch_diags, cfg.out_dim, bar)
+                watchdog.update(epoch, record["teacher_entropy"], record["mean_entropy"])
+            if step % steps_per_epoch == 0:
+                epoch_diags = []  # else the checkpoint carries them into the resumed epoch
+            checkpoint()  # every epoch, when max_steps ends the run, and when stopped
+            if stopping:
+                raise KeyboardInterrupt(f"stopped by {stopper.requested or 'another process'} "
+                                        f"at step {step}; checkpoint written to {ckpt_path}; "
+                                        "continue with --resume auto")
     finally:
         stopper.__exit__()
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
     elapsed = time.perf_counter() - t0
     return {"student": student, "teacher": teacher, "run_dir": run_dir, "steps": step,
             "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9), "config": cfg}
 
 
 def _log_epoch(path: Path, epoch: int, diags: list[dict[str, float]], out_dim: int,
-               bar: Any) -> None:
+               bar: Any) -> dict[str, float]:
     """Average this epoch's collapse diagnostics, append them to epochs.jsonl, print a line."""
     keys = ("teacher_entropy", "kl_teacher_student", "mean_entropy", "prototypes_used")
     record = {"epoch": epoch, **{k: sum(d[k] for d in diags) / len(diags) for k in keys}}
@@ -212,6 +265,7 @@ def _log_epoch(path: Path, epoch: int, diags: list[dict[str, float]], out_dim: i
               f"(0 = one prototype, {math.log(out_dim):.2f} = uniform), "
               f"KL(teacher||student) {record['kl_teacher_student']:.3f}, "
               f"prototypes used {record['prototypes_used']:.0f} of {out_dim}")
+    return record
 
 
 def _truncate_jsonl(path: Path, key: str, first_dropped: int) -> None:

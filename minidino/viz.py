@@ -79,3 +79,31 @@ def plot_attention_maps(backbone: VisionTransformer, images: Tensor, n_images: i
     fig.suptitle("Last-layer attention of the CLS token, per head", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def attention_mass_mask(attn: Tensor, keep: float = 0.6) -> Tensor:
+    """The smallest set of patches that holds at least `keep` of the attention (DINO, Fig. 4).
+
+    attn: non-negative weights (..., N), e.g. (h, N) or (B, h, N); they need not sum to 1
+    -> bool (..., N). Patches are taken from the highest attention down until their share of the
+    total reaches `keep`. Ties: patches with the same weight as the last one taken are kept too,
+    so equal weights are never split (uniform attention keeps every patch).
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep={keep} must be in (0, 1]")
+    values = attn.detach().double().sort(dim=-1, descending=True).values  # (..., N)
+    share = values.cumsum(-1) / values.sum(-1, keepdim=True)  # (..., N), rises to 1
+    n_before = (share < keep - 1e-9).sum(-1, keepdim=True)  # (..., 1) patches before the last
+    cut = values.gather(-1, n_before.clamp(max=attn.shape[-1] - 1))  # (..., 1) least kept weight
+    return attn.double() >= cut  # (..., N)
+
+
+def mask_iou(pred: Tensor, target: Tensor) -> Tensor:
+    """Intersection over union of boolean masks along the last dim: (..., N), (..., N) -> (...,).
+
+    The shapes broadcast, e.g. pred (h, N) per head against target (N,). Two empty masks agree
+    perfectly, so their IoU is defined as 1.
+    """
+    inter = (pred & target).sum(-1).float()  # (...,)
+    union = (pred | target).sum(-1).float()  # (...,)
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
