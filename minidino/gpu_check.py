@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", default="runs")
     parser.add_argument("--device", default="cuda", help="cpu only for a dry run of the script")
     parser.add_argument("--bench-steps", type=int, default=20)
+    parser.add_argument("--bench-presets", default="cpu-demo,cifar10",
+                        help="comma-separated presets for the training-step benchmark")
     parser.add_argument("--compile", action="store_true",
                         help="also benchmark cifar10 with torch.compile, and train with it")
     args = parser.parse_args(argv)
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
 
     bench_main(["augment", "--device", args.device, "--n-images", "4096"])
     rates = {}
-    for preset in ("cpu-demo", "cifar10"):
+    for preset in args.bench_presets.split(","):
         cfg = get_preset(preset)
         if preset == "cifar10":
             cfg = replace(cfg, batch_size=args.batch_size)
