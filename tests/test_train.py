@@ -59,12 +59,15 @@ def test_one_full_step_on_random_images():
         torch.testing.assert_close(t, 0.9 * old + 0.1 * s)  # only the EMA moved the teacher
 
 
-def test_one_epoch_of_cpu_demo_lowers_the_loss_against_a_fixed_teacher(tmp_path):
+@pytest.mark.parametrize("data_mode", ["device", "loader"])
+def test_one_epoch_of_cpu_demo_lowers_the_loss_against_a_fixed_teacher(tmp_path, data_mode):
     # The DINO loss chases moving targets (EMA teacher, center), so early in training it can rise
     # while the student learns. Freeze both (teacher_momentum=1, center_momentum=1): then the
-    # loss measures only how well the student predicts the teacher, and an epoch must lower it.
+    # loss measures only how well the student predicts the teacher, and an epoch must lower it,
+    # whether the crops come from the device path or from a DataLoader running per-image crops.
     cfg = replace(get_preset("cpu-demo"), out_dir=str(tmp_path), n_train=1280, epochs=1,
-                  warmup_epochs=0, teacher_momentum=1.0, center_momentum=1.0, log_every=5)
+                  warmup_epochs=0, teacher_momentum=1.0, center_momentum=1.0, log_every=5,
+                  data_mode=data_mode, num_workers=0)
     result = train(cfg, progress=False)
     values = list(losses(result["run_dir"]).values())
     assert len(values) == 20
