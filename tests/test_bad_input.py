@@ -113,6 +113,14 @@ ROWS: list[Row] = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def not_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows without --fast document the presets as they are: fast mode must not leak in
+    from the environment (`make test` and CI set it)."""
+    monkeypatch.delenv("MINIDINO_FAST", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_inputs(tmp_path_factory.mktemp("bad-input"))

@@ -149,8 +149,8 @@ def test_lesson_conventions(lesson: Path) -> None:
     assert re.match(r"\d\d_[a-z0-9_]+\.ipynb$", lesson.name)
     assert f"colab.research.google.com/github/minidino/minidino/blob/main/notebooks/{lesson.name}"\
         in cells[0], "the first cell carries the Open-in-Colab badge"
-    assert re.search(r"goals", text, re.IGNORECASE), "learning goals"
-    assert re.search(r"\d+\s*min", text), "a time estimate"
+    assert "Learning goals" in cells[0], "the first cell lists the learning goals"
+    assert re.search(r"\*\*Time:\*\* about \d+ min", cells[0]), "and a time estimate"
     assert 'if "google.colab" in sys.modules' in text and "course.setup(" in text, "setup cell"
     assert re.search(r"^#+ .*Recap", text, re.MULTILINE), "a recap section"
     assert "arxiv.org" in text and "minidino/" in text, "the recap links the paper and the code"
