@@ -67,6 +67,16 @@ def normalize(images: Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
 # --------------------------------------------------------------------------- geometry
 
 
+def fallback_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """(h, w) of RandomResizedCrop's fallback: the whole image trimmed to the nearest allowed
+    aspect ratio (it is placed in the centre)."""
+    if width / height < ratio[0]:
+        return round(width / ratio[0]), width
+    if width / height > ratio[1]:
+        return height, round(height * ratio[1])
+    return height, width
+
+
 def sample_crop_boxes(
     batch_size: int,
     height: int,
@@ -97,13 +107,7 @@ def sample_crop_boxes(
     w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)  # (B,), (B,)
     found = fits.any(dim=1)  # (B,)
 
-    # fallback: the whole image, trimmed to the nearest allowed aspect ratio
-    if width / height < ratio[0]:
-        fallback_w, fallback_h = width, round(width / ratio[0])
-    elif width / height > ratio[1]:
-        fallback_w, fallback_h = round(height * ratio[1]), height
-    else:
-        fallback_w, fallback_h = width, height
+    fallback_h, fallback_w = fallback_size(height, width, ratio)
     w = torch.where(found, w, torch.full_like(w, fallback_w))  # (B,)
     h = torch.where(found, h, torch.full_like(h, fallback_h))  # (B,)
 

@@ -14,7 +14,6 @@ import warnings
 from dataclasses import replace
 
 import pytest
-import torch
 
 from minidino.config import fast_config, get_preset
 from minidino.data import DatasetSplit, TensorImageDataset
@@ -97,13 +96,6 @@ COLLAPSING = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread is fastest, and many threads on a busy machine are very slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

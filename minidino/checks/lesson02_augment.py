@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from minidino.augment_batched import resized_crop_batched, sample_crop_boxes
+from minidino.augment_batched import fallback_size, resized_crop_batched, sample_crop_boxes
 from minidino.checks._core import expect, expect_close, fail, run_check
 
 __all__ = ["sample_crop_box", "resized_crop"]
@@ -54,12 +54,7 @@ def _as_box(exercise: str, case: str, out: Any) -> Box:
 
 def _fallback(height: int, width: int, ratio: tuple[float, float]) -> Box:
     """The central box torchvision uses when no random attempt fits."""
-    if width / height < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif width / height > ratio[1]:
-        w, h = round(height * ratio[1]), height
-    else:
-        w, h = width, height
+    h, w = fallback_size(height, width, ratio)
     return (height - h) // 2, (width - w) // 2, h, w
 
 
