@@ -21,8 +21,8 @@ ARCH_SIZES = {"vit_nano": (96, 4, 3), "vit_tiny": (192, 12, 3), "vit_small": (38
               "vit_base": (768, 12, 12)}  # (embed_dim, depth, num_heads) of each factory
 DATASETS = ("shapes", "cifar10", "cifar100", "imagenette", "folder")
 DIFFICULTIES = ("easy", "medium", "hard")  # the built-in shapes' styles
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DATA_PATHS = ("auto", "device", "loader")
+DEVICES, DATA_PATHS = ("auto", "cpu", "cuda", "mps"), ("auto", "device", "loader")
+CENTERINGS = ("center", "sinkhorn")  # DINO's running center, or DINOv2's Sinkhorn-Knopp
 
 
 def fast_mode() -> bool:
@@ -71,6 +71,7 @@ class TrainConfig:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
     center_momentum: float = 0.9
+    centering: str = "center"  # center | sinkhorn (see minidino/sinkhorn.py)
     teacher_momentum: float = 0.996  # cosine schedule from this to 1
     # optimisation
     epochs: int = 100
@@ -101,11 +102,8 @@ class TrainConfig:
     def n_crops(self) -> int:
         return 2 + self.n_local_crops
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -158,7 +156,8 @@ def _validate(c: TrainConfig) -> None:
         need((optional and getattr(c, name) is None) or _has_type(getattr(c, name), kind), name,
              f"must be {_KIND_WORDS[kind]}{' or None' if optional else ''}")
     for name, allowed in (("dataset", DATASETS), ("difficulty", DIFFICULTIES), ("arch", ARCHS),
-                          ("device", DEVICES), ("data_mode", DATA_PATHS)):
+                          ("device", DEVICES), ("data_mode", DATA_PATHS),
+                          ("centering", CENTERINGS)):
         need(getattr(c, name) in allowed, name, f"one of {allowed}")
     for name in ("image_size", "patch_size", "out_dim", "hidden_dim", "bottleneck_dim",
                  "global_size", "local_size", "epochs", "batch_size", "log_every", "embed_dim",

@@ -26,7 +26,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minidino.sinkhorn import sinkhorn_knopp
 from minidino.teacher import cosine_schedule
+
+CENTERINGS = ("center", "sinkhorn")
 
 
 def _check_temp(name: str, value: float) -> None:
@@ -97,13 +100,26 @@ def dino_loss(
     """
     _check_temp("student_temp", student_temp)
     _check_temp("teacher_temp", teacher_temp)
-    B, n_crops = _check_shapes(student_out, teacher_out, center, n_global_crops)
-    G, K = n_global_crops, teacher_out.shape[1]
+    _check_shapes(student_out, teacher_out, center, n_global_crops)
+    teacher_logits = (teacher_out.detach().float() - center.float()) / teacher_temp
+    p_t = F.softmax(teacher_logits, dim=-1)  # (G * B, K), the targets
+    return cross_view_loss(student_out, p_t, student_temp, n_global_crops)
 
+
+def cross_view_loss(student_out: Tensor, teacher_probs: Tensor, student_temp: float,
+                    n_global_crops: int = 2) -> Tensor:
+    """The cross-entropy part of the DINO loss, given the teacher's target probabilities.
+
+    student_out: (n_crops * B, K) logits; teacher_probs: (n_global_crops * B, K), rows sum to 1
+    (centred-and-sharpened softmax, or Sinkhorn-Knopp targets). Returns a float32 scalar.
+    """
+    _check_temp("student_temp", student_temp)
+    G, K = n_global_crops, teacher_probs.shape[1]
+    B = teacher_probs.shape[0] // G
+    n_crops = student_out.shape[0] // B
     # Softmax and log over K classes lose precision in bf16: do the loss in float32.
     with torch.autocast(device_type=student_out.device.type, enabled=False):
-        teacher_logits = (teacher_out.detach().float() - center.float()) / teacher_temp
-        p_t = F.softmax(teacher_logits, dim=-1).reshape(G, B, K)  # (G, B, K), the targets
+        p_t = teacher_probs.detach().float().reshape(G, B, K)  # (G, B, K), the targets
         student_logits = student_out.float() / student_temp
         log_p_s = F.log_softmax(student_logits, dim=-1).reshape(n_crops, B, K)  # (V, B, K)
 
@@ -124,6 +140,9 @@ class DINOLoss(nn.Module):
         student_temp: student softmax temperature (DINO: 0.1).
         center_momentum: EMA momentum of the center (DINO: 0.9).
         n_global_crops: crops the teacher sees per image (DINO: 2).
+        centering: "center" (DINO: subtract the running mean, then softmax) or "sinkhorn"
+            (DINOv2: Sinkhorn-Knopp targets, see `minidino.sinkhorn`; the running center is
+            still kept, for the diagnostics).
     """
 
     center: Tensor
@@ -135,8 +154,11 @@ class DINOLoss(nn.Module):
         student_temp: float = 0.1,
         center_momentum: float = 0.9,
         n_global_crops: int = 2,
+        centering: str = "center",
     ) -> None:
         super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering={centering!r} is not one of {CENTERINGS}")
         if out_dim < 2:
             raise ValueError(f"out_dim (K)={out_dim} must be >= 2")
         if n_global_crops < 1:
@@ -153,6 +175,7 @@ class DINOLoss(nn.Module):
         self.n_global_crops = n_global_crops
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.centering = centering
         self.register_buffer("center", torch.zeros(1, out_dim))  # (1, K)
 
     def forward(self, student_out: Tensor, teacher_out: Tensor, teacher_temp: float) -> Tensor:
@@ -167,14 +190,12 @@ class DINOLoss(nn.Module):
                 f"n_crops={self.n_crops}; expected shape (n_crops * B, K) = "
                 f"({self.n_crops * teacher_out.shape[0] // self.n_global_crops}, {self.out_dim})"
             )
-        loss = dino_loss(
-            student_out,
-            teacher_out,
-            self.center,
-            self.student_temp,
-            teacher_temp,
-            self.n_global_crops,
-        )
+        if self.centering == "sinkhorn":
+            targets = sinkhorn_knopp(teacher_out, teacher_temp)  # (G * B, K)
+            loss = cross_view_loss(student_out, targets, self.student_temp, self.n_global_crops)
+        else:
+            loss = dino_loss(student_out, teacher_out, self.center, self.student_temp,
+                             teacher_temp, self.n_global_crops)
         self.update_center(teacher_out)
         return loss
 

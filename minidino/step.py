@@ -108,7 +108,8 @@ def build_parts(cfg: TrainConfig, steps_per_epoch: int, device: torch.device) ->
     torch.manual_seed(cfg.seed)
     student = build_student(cfg).to(device)
     teacher = build_teacher(student)
-    loss_fn = DINOLoss(cfg.out_dim, cfg.n_crops, cfg.student_temp, cfg.center_momentum)
+    loss_fn = DINOLoss(cfg.out_dim, cfg.n_crops, cfg.student_temp, cfg.center_momentum,
+                       centering=cfg.centering)
     optimizer = torch.optim.AdamW(param_groups(student), lr=0.0, fused=device.type == "cuda")
     parts = DINOParts(cfg, student, teacher, loss_fn.to(device), optimizer,
                       Schedules.build(cfg, steps_per_epoch), steps_per_epoch, device)
