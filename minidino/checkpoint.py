@@ -164,7 +164,7 @@ def load_backbone_weights(backbone: torch.nn.Module, state_dict: dict[str, torch
     """Load backbone weights, listing mismatched keys and shapes in words when they differ."""
     state_dict = {k.removeprefix("module.").removeprefix("backbone."): v
                   for k, v in state_dict.items()
-                  if not k.removeprefix("module.").startswith("head.")}
+                  if not k.removeprefix("module.").startswith(("head.", "patch_head."))}
     own = backbone.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))

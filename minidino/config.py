@@ -1,7 +1,7 @@
 """Training configuration: one frozen dataclass and a few named presets.
 
 Every knob of a DINO run lives in `TrainConfig`, so a run is fully described by the config saved
-in its folder. Presets give sensible starting points (`cpu-demo`, `cifar10`, `imagenette`); the CLI
+in its folder. Presets (in `minidino/presets.py`) give sensible starting points; the CLI
 overrides any field (`--batch-size 128`, `--global-scale 0.4,1.0`).
 """
 
@@ -52,6 +52,7 @@ class TrainConfig:
     num_heads: int | None = None
     drop_path: float = 0.1
     n_registers: int = 0
+    layerscale: float | None = None  # LayerScale's initial gain (DINOv2: 1e-5); None: no LayerScale
     out_dim: int = 65536  # K, the number of prototypes
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
@@ -73,6 +74,16 @@ class TrainConfig:
     center_momentum: float = 0.9
     centering: str = "center"  # center | sinkhorn (see minidino/sinkhorn.py)
     teacher_momentum: float = 0.996  # cosine schedule from this to 1
+    # iBOT: the student also predicts the teacher's patch tokens where its own input was masked
+    ibot: bool = False
+    ibot_separate_head: bool = False  # False: the CLS head maps the patch tokens too
+    ibot_out_dim: int | None = None  # K of the patch head (None: out_dim); separate head only
+    mask_ratio: tuple[float, float] = (0.1, 0.5)  # share of patches masked, drawn per image
+    mask_prob: float = 0.5  # share of the images that get a mask at all
+    ibot_teacher_temp: float = 0.04  # warms up from warmup_teacher_temp, as teacher_temp does
+    ibot_center_momentum: float = 0.9
+    ibot_loss_weight: float = 1.0  # loss = CLS loss + ibot_loss_weight * patch loss
+    koleo_weight: float = 0.0  # DINOv2's KoLeo on the student's global CLS features (0: off)
     # optimisation
     epochs: int = 100
     batch_size: int = 256
@@ -161,33 +172,41 @@ def _validate(c: TrainConfig) -> None:
         need(getattr(c, name) in allowed, name, f"one of {allowed}")
     for name in ("image_size", "patch_size", "out_dim", "hidden_dim", "bottleneck_dim",
                  "global_size", "local_size", "epochs", "batch_size", "log_every", "embed_dim",
-                 "depth", "num_heads", "max_steps", "n_train", "n_eval"):
+                 "depth", "num_heads", "max_steps", "n_train", "n_eval", "ibot_out_dim"):
         need(getattr(c, name) is None or getattr(c, name) > 0, name, "must be a positive integer"
              + (" or None" if _FIELD_TYPES[name][1] else ""))
     width, _, heads = ARCH_SIZES[c.arch]
     need((c.embed_dim or width) % (c.num_heads or heads) == 0, "num_heads",
          f"must divide embed_dim={c.embed_dim or width} ({c.arch}: {width} wide, {heads} heads)")
-    need(c.out_dim >= 2, "out_dim", "K needs at least 2 prototypes")
+    for name in ("out_dim", "ibot_out_dim"):  # None (ibot_out_dim: out_dim) passes
+        need((getattr(c, name) or 2) >= 2, name, "K needs at least 2 prototypes")
     need(c.local_size <= c.global_size, "local_size",
          f"a local crop cannot be larger than a global crop (global_size={c.global_size})")
     for name in ("global_size", "local_size"):
         need(getattr(c, name) % c.patch_size == 0, name,
              f"must be divisible by patch_size={c.patch_size}")
-    for name, top in (("global_scale", 1), ("local_scale", 1), ("blur_sigma", math.inf)):
+    for name, top in (("global_scale", 1), ("local_scale", 1), ("mask_ratio", 1),
+                      ("blur_sigma", math.inf)):
         lo_hi = getattr(c, name)
         need(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= top, name,
              f"a pair (low, high) with 0 < low <= high <= {top}")
     smallest = c.local_size if c.n_local_crops else c.global_size
     need(math.ceil(3 * c.blur_sigma[1]) < smallest, "blur_sigma", f"the blur kernel (+-3 sigma) "
          f"must fit in a {smallest}-px crop: high <= {(smallest - 1) / 3:g}")
-    for name in ("student_temp", "teacher_temp", "warmup_teacher_temp", "lr"):
+    for name in ("student_temp", "teacher_temp", "warmup_teacher_temp", "ibot_teacher_temp", "lr"):
         need(getattr(c, name) > 0, name, "must be > 0")
-    for name in ("center_momentum", "teacher_momentum", "jitter_p", "solarize_p"):
+    need(c.layerscale is None or c.layerscale > 0, "layerscale", "must be > 0 or None")
+    for name in ("center_momentum", "teacher_momentum", "jitter_p", "solarize_p", "mask_prob",
+                 "ibot_center_momentum"):
         need(0 <= getattr(c, name) <= 1, name, "must lie in [0, 1]")
+    need(c.ibot_separate_head or c.ibot_out_dim in (None, c.out_dim), "ibot_out_dim",
+         f"a shared head has out_dim={c.out_dim} prototypes: leave it None or set "
+         "ibot_separate_head")
     need(0 <= c.drop_path < 1, "drop_path", "must lie in [0, 1)")
     for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "n_local_crops",
                  "warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer",
-                 "n_registers", "knn_every", "num_workers", "seed", "collapse_patience"):
+                 "n_registers", "knn_every", "num_workers", "seed", "collapse_patience",
+                 "ibot_loss_weight", "koleo_weight"):
         need(getattr(c, name) >= 0, name, "must be >= 0")
     for name in ("warmup_epochs", "warmup_teacher_temp_epochs"):
         need(getattr(c, name) <= c.epochs, name, f"at most epochs={c.epochs}")
@@ -212,33 +231,6 @@ def check_world_size(cfg: TrainConfig, world_size: int) -> None:
                           f"{lower or world_size}" + (f" or {lower + world_size}" if lower else ""))
 
 
-PRESETS: dict[str, TrainConfig] = {
-    # Two CPU cores, about four minutes: a narrow ViT with few tokens and a small K.
-    "cpu-demo": TrainConfig(
-        dataset="shapes", arch="vit_nano", patch_size=8, drop_path=0.0, out_dim=1024,
-        hidden_dim=512, bottleneck_dim=128, global_size=32, local_size=16, n_local_crops=4,
-        global_scale=(0.5, 1.0), local_scale=(0.2, 0.5), blur_sigma=(0.1, 0.5),
-        teacher_temp=0.02, warmup_teacher_temp=0.02, teacher_momentum=0.97, epochs=10,
-        batch_size=64, lr=4e-3, warmup_epochs=1, min_lr=1e-5, weight_decay_end=0.04,
-        freeze_last_layer=0, run_name="cpu-demo", n_eval=1000, device="cpu",
-    ),
-    # One GPU: ViT-Tiny/4 on CIFAR-10 with 2x32 + 6x16 crops.
-    "cifar10": TrainConfig(
-        dataset="cifar10", arch="vit_tiny", patch_size=4, out_dim=4096, global_size=32,
-        local_size=16, n_local_crops=6, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4),
-        blur_sigma=(0.1, 1.0), teacher_temp=0.04, epochs=100, batch_size=512, lr=5e-4,
-        warmup_epochs=10, run_name="cifar10",
-    ),
-    # One GPU: ViT-S/16 on ImageNette at 128 px.
-    "imagenette": TrainConfig(
-        dataset="imagenette", arch="vit_small", patch_size=16, image_size=144, out_dim=65536,
-        global_size=128, local_size=64, n_local_crops=6, global_scale=(0.4, 1.0),
-        local_scale=(0.05, 0.4), epochs=100, batch_size=128, warmup_epochs=10,
-        data_mode="loader", run_name="imagenette",
-    ),
-}
-
-
 def fast_config(cfg: TrainConfig) -> TrainConfig:
     """Shrink a config for fast mode: tiny model, built-in dataset, a few steps."""
     return replace(
@@ -246,10 +238,19 @@ def fast_config(cfg: TrainConfig) -> TrainConfig:
         embed_dim=None, depth=2, num_heads=None, out_dim=128, hidden_dim=64, bottleneck_dim=32,
         global_size=32, local_size=16, n_local_crops=2, epochs=2, batch_size=32, n_train=128,
         n_eval=128, warmup_epochs=1, data_mode="device", device="cpu", max_steps=None,
+        warmup_teacher_temp_epochs=min(cfg.warmup_teacher_temp_epochs, 1),
     )
 
 
+def __getattr__(name: str) -> Any:  # `from minidino.config import PRESETS`, from presets.py
+    if name != "PRESETS":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from minidino.presets import PRESETS
+    return PRESETS
+
+
 def get_preset(name: str) -> TrainConfig:
+    from minidino.presets import PRESETS
     if name not in PRESETS:
         raise ValueError(f"preset={name!r} is unknown; available presets: {sorted(PRESETS)}")
     return PRESETS[name]

@@ -8,6 +8,10 @@ The step, in the order it happens:
 3. AdamW updates the student, with the learning rate and weight decay of this step, gradients
    clipped, and the last layer left alone during the first epoch(s);
 4. the teacher moves towards the student by EMA with this step's momentum.
+
+With `cfg.ibot` the student sees its global crops with blocks of patches masked (the teacher sees
+them intact) and the iBOT patch loss is added (see minidino/ibot.py); with `cfg.koleo_weight > 0`
+DINOv2's KoLeo term on the student's CLS features of each global crop is added too.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from torch import Tensor, nn
 from minidino.config import TrainConfig
 from minidino.distributed import is_distributed, rank, rank_seed, wrap_ddp
 from minidino.head import DINOHead, MultiCropWrapper
+from minidino.ibot import IBOTLoss, IBOTOutput, IBOTWrapper, block_masks
+from minidino.koleo import koleo_loss
 from minidino.loss import DINOLoss, teacher_temp_schedule
 from minidino.teacher import (
     build_teacher,
@@ -36,14 +42,23 @@ def build_backbone(cfg: TrainConfig) -> VisionTransformer:
                                ("num_heads", cfg.num_heads)) if v is not None}
     return VIT_FACTORIES[cfg.arch](patch_size=cfg.patch_size, img_size=cfg.global_size,
                                    drop_path_rate=cfg.drop_path, n_registers=cfg.n_registers,
-                                   **sizes)
+                                   layerscale_init=cfg.layerscale, mask_token=cfg.ibot, **sizes)
 
 
 def build_student(cfg: TrainConfig) -> MultiCropWrapper:
+    """Backbone + head; an `IBOTWrapper` (with a patch head if separate) for iBOT or KoLeo."""
     backbone = build_backbone(cfg)
-    head = DINOHead(backbone.embed_dim, cfg.out_dim, hidden_dim=cfg.hidden_dim,
-                    bottleneck_dim=cfg.bottleneck_dim, norm_last_layer=cfg.norm_last_layer)
-    return MultiCropWrapper(backbone, head)
+
+    def head(out_dim: int) -> DINOHead:
+        return DINOHead(backbone.embed_dim, out_dim, hidden_dim=cfg.hidden_dim,
+                        bottleneck_dim=cfg.bottleneck_dim, norm_last_layer=cfg.norm_last_layer)
+
+    cls_head = head(cfg.out_dim)
+    if not (cfg.ibot or cfg.koleo_weight > 0):
+        return MultiCropWrapper(backbone, cls_head)
+    separate = cfg.ibot and cfg.ibot_separate_head
+    return IBOTWrapper(backbone, cls_head, head(cfg.ibot_out_dim or cfg.out_dim) if separate
+                       else None)  # None: the CLS head maps the patch tokens too
 
 
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -63,6 +78,7 @@ class Schedules:
     weight_decay: Tensor
     teacher_momentum: Tensor
     teacher_temp: Tensor
+    ibot_teacher_temp: Tensor  # the patch loss's, with the same warm-up
 
     @classmethod
     def build(cls, cfg: TrainConfig, steps_per_epoch: int) -> Schedules:
@@ -75,6 +91,9 @@ class Schedules:
             teacher_temp=teacher_temp_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp,
                                                cfg.warmup_teacher_temp_epochs * steps_per_epoch,
                                                total),
+            ibot_teacher_temp=teacher_temp_schedule(
+                cfg.warmup_teacher_temp, cfg.ibot_teacher_temp,
+                cfg.warmup_teacher_temp_epochs * steps_per_epoch, total),
         )
 
 
@@ -92,11 +111,15 @@ class DINOParts:
     device: torch.device
     ddp: nn.Module | None = None  # the student inside DistributedDataParallel, under torchrun
 
-    def forward(self, crops: list[Tensor]) -> tuple[Tensor, Tensor]:
-        teacher_out = self.teacher(crops[:2])  # (2*B, K): the teacher sees only global crops
+    def forward(self, crops: list[Tensor], masks: Tensor | None = None) -> tuple[Any, Any]:
+        """(student_out, teacher_out): (n_crops*B, K) and (2*B, K) logits, or for an
+        `IBOTWrapper` two `IBOTOutput`s (masks: (2*B, N) bool for iBOT, else None)."""
         student = self.student if self.ddp is None else self.ddp
-        student_out = student(crops)  # (n_crops*B, K)
-        return student_out, teacher_out
+        if not isinstance(self.student, IBOTWrapper):
+            teacher_out = self.teacher(crops[:2])  # (2*B, K): the teacher sees only global crops
+            return student(crops), teacher_out  # (n_crops*B, K), (2*B, K)
+        teacher_out = self.teacher(crops[:2], masks, hide_masked=False)  # intact global crops
+        return student(crops, masks), teacher_out  # the student's global crops are masked
 
 
 def build_parts(cfg: TrainConfig, steps_per_epoch: int, device: torch.device) -> DINOParts:
@@ -110,6 +133,9 @@ def build_parts(cfg: TrainConfig, steps_per_epoch: int, device: torch.device) ->
     teacher = build_teacher(student)
     loss_fn = DINOLoss(cfg.out_dim, cfg.n_crops, cfg.student_temp, cfg.center_momentum,
                        centering=cfg.centering)
+    if cfg.ibot:  # held by the DINO loss, so that checkpoints of loss_fn keep both centers
+        loss_fn.ibot = IBOTLoss(cfg.ibot_out_dim or cfg.out_dim, cfg.student_temp,
+                                cfg.ibot_center_momentum, cfg.centering)
     optimizer = torch.optim.AdamW(param_groups(student), lr=0.0, fused=device.type == "cuda")
     parts = DINOParts(cfg, student, teacher, loss_fn.to(device), optimizer,
                       Schedules.build(cfg, steps_per_epoch), steps_per_epoch, device)
@@ -131,10 +157,20 @@ def train_step(parts: DINOParts, crops: list[Tensor], step: int) -> dict[str, An
         if i == 0:  # the group with weight decay
             group["weight_decay"] = float(sched.weight_decay[step])
     teacher_temp = float(sched.teacher_temp[step])
+    masks = None
+    if cfg.ibot:  # drawn on the CPU for the 2 global crops of every image
+        h, w = (size // cfg.patch_size for size in crops[0].shape[-2:])
+        masks = block_masks(2 * crops[0].shape[0], (h, w), cfg.mask_ratio, cfg.mask_prob)
+        masks = masks.flatten(1).to(parts.device, non_blocking=True)  # (2*B, N)
     cuda = parts.device.type == "cuda"
     with torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=cuda):
-        student_out, teacher_out = parts.forward(crops)  # (n_crops*B, K), (2*B, K)
-    loss = parts.loss_fn(student_out.float(), teacher_out.float(), teacher_temp)
+        student_out, teacher_out = parts.forward(crops, masks)  # (n_crops*B, K), (2*B, K)
+    terms: dict[str, Tensor] = {}
+    if isinstance(student_out, IBOTOutput):
+        loss, terms = extra_losses(parts, student_out, teacher_out, masks, step)
+        student_out, teacher_out = student_out.cls, teacher_out.cls
+    else:
+        loss = parts.loss_fn(student_out.float(), teacher_out.float(), teacher_temp)
 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -145,4 +181,25 @@ def train_step(parts: DINOParts, crops: list[Tensor], step: int) -> dict[str, An
     optimizer.step()
     ema_update_(parts.teacher, parts.student, float(sched.teacher_momentum[step]))
     return {"loss": loss.detach(), "student_out": student_out.detach(),
-            "teacher_out": teacher_out.detach(), "teacher_temp": teacher_temp}
+            "teacher_out": teacher_out.detach(), "teacher_temp": teacher_temp, **terms}
+
+
+def extra_losses(parts: DINOParts, student_out: IBOTOutput, teacher_out: IBOTOutput,
+                 masks: Tensor | None, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+    """The DINO loss on the CLS tokens, plus the iBOT patch loss and the KoLeo term when they
+    are on; returns the total and each term (detached): dino_loss, ibot_loss, koleo_loss."""
+    cfg, sched = parts.cfg, parts.schedules
+    loss = parts.loss_fn(student_out.cls.float(), teacher_out.cls.float(),
+                         float(sched.teacher_temp[step]))
+    terms = {"dino_loss": loss.detach()}
+    if cfg.ibot:
+        assert masks is not None and student_out.patches is not None
+        patch = parts.loss_fn.ibot(student_out.patches, teacher_out.patches, masks,
+                                   float(sched.ibot_teacher_temp[step]))
+        loss = loss + cfg.ibot_loss_weight * patch
+        terms["ibot_loss"] = patch.detach()
+    if cfg.koleo_weight > 0:  # within each global crop's batch, averaged over the 2 crops
+        koleo = sum(koleo_loss(f) for f in student_out.features.float().chunk(2)) / 2
+        loss = loss + cfg.koleo_weight * koleo
+        terms["koleo_loss"] = koleo.detach()
+    return loss, terms

@@ -223,6 +223,8 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
                         diag = collapse_metrics(out["teacher_out"].float(),
                                                 out["student_out"].float(), loss_fn.center,
                                                 out["teacher_temp"], cfg.student_temp)
+                        diag.update({k: float(out[k]) for k in ("dino_loss", "ibot_loss",
+                                                                "koleo_loss") if k in out})
                         diag["images_per_s"] = seen / (time.perf_counter() - t0)
                         epoch_diags.append(diag)
                     last_loss = flush(diag)

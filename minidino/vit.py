@@ -19,12 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise ValueError(f"{name}={value} must be positive")
-
-
 class PatchEmbed(nn.Module):
     """Cut an image into p x p patches and project each to D numbers: (B, C, H, W) -> (B, N, D).
 
@@ -33,8 +27,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
         super().__init__()
-        self.patch_size = patch_size
-        self.in_chans = in_chans
+        self.patch_size, self.in_chans = patch_size, in_chans
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -44,9 +37,8 @@ class PatchEmbed(nn.Module):
         C, H, W = x.shape[1:]
         if C != self.in_chans:
             raise ValueError(f"x has C={C} channels but in_chans={self.in_chans}")
-        p = self.patch_size
-        if H % p or W % p:
-            raise ValueError(f"patch_size={p} must divide the input's H={H} and W={W}")
+        if H % self.patch_size or W % self.patch_size:
+            raise ValueError(f"patch_size={self.patch_size} must divide the input, H={H} and W={W}")
         x = self.proj(x)  # (B, D, H/p, W/p)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
 
@@ -62,8 +54,7 @@ class Attention(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide dim={dim}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -137,13 +128,12 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path: float = 0.0, layerscale_init: float | None = None) -> None:
         super().__init__()
-        ls = layerscale_init
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
-        self.ls1 = nn.Identity() if ls is None else LayerScale(dim, ls)
+        self.ls1 = nn.Identity() if layerscale_init is None else LayerScale(dim, layerscale_init)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.ls2 = nn.Identity() if ls is None else LayerScale(dim, ls)
+        self.ls2 = nn.Identity() if layerscale_init is None else LayerScale(dim, layerscale_init)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -158,23 +148,28 @@ class VisionTransformer(nn.Module):
     the last block it summarises the whole image; DINO's head reads only this token.
     Optional register tokens (DINOv2, "Vision Transformers Need Registers") give the model
     scratch space so it stops hijacking background patches; they are dropped at the output.
+    With ``mask_token=True`` (iBOT, DINOv2) a learned vector can stand in for chosen patches:
+    ``forward(x, masks)`` hides them from the model, which must still say what was there.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
-                 n_registers: int = 0, layerscale_init: float | None = None) -> None:
+                 n_registers: int = 0, layerscale_init: float | None = None,
+                 mask_token: bool = False) -> None:
         super().__init__()
-        _check_positive(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                        embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
+        for name, value in dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                                embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                                mlp_ratio=mlp_ratio).items():
+            if value <= 0:
+                raise ValueError(f"{name}={value} must be positive")
         if img_size % patch_size:
             raise ValueError(f"patch_size={patch_size} must divide img_size={img_size}")
         if embed_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide embed_dim={embed_dim}")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1)")
-        if n_registers < 0:
-            raise ValueError(f"n_registers={n_registers} must be >= 0")
+        if not (0.0 <= drop_path_rate < 1.0 and n_registers >= 0):
+            raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1) and "
+                             f"n_registers={n_registers} >= 0")
         self.img_size, self.patch_size, self.depth = img_size, patch_size, depth
         self.embed_dim, self.num_heads, self.n_registers = embed_dim, num_heads, n_registers
         self.num_prefix_tokens = 1 + n_registers  # tokens before the patches: CLS, registers
@@ -186,6 +181,8 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size**2, embed_dim))
         if n_registers:
             self.reg_token = nn.Parameter(torch.zeros(1, n_registers, embed_dim))
+        if mask_token:  # only then: checkpoints without it keep timm's keys
+            self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))  # (1, D), starts at 0
         # Stochastic depth grows linearly with depth: early layers are dropped least (as DINO).
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
@@ -204,7 +201,6 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        # LayerNorms need no init: they start at weight 1, bias 0
 
     def interpolate_pos_embed(self, H: int, W: int) -> Tensor:
         """Position embeddings for an H x W input: (1, 1 + N, D).
@@ -222,10 +218,18 @@ class VisionTransformer(nn.Module):
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, -1)  # (1, N, D)
         return torch.cat([cls_pos, patch_pos], dim=1)  # (1, 1 + N, D)
 
-    def prepare_tokens(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) -> tokens (B, 1 + R + N, D): [CLS, registers, patches]."""
+    def prepare_tokens(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
+        """Images (B, C, H, W) -> tokens (B, 1 + R + N, D): [CLS, registers, patches]. masks:
+        None or (B, N) bool (or (B, H/p, W/p)), True where the mask token replaces the patch's
+        embedding (iBOT); the position embedding is added to it all the same."""
         tokens = self.patch_embed(x)  # (B, N, D); also checks that x is a valid image batch
-        B, _, H, W = x.shape
+        (B, N, _), (H, W) = tokens.shape, x.shape[-2:]
+        if masks is not None:
+            if not hasattr(self, "mask_token") or masks.shape[0] != B or masks[0].numel() != N:
+                raise ValueError(f"masks {tuple(masks.shape)} must be (B, N) = ({B}, {N}), for "
+                                 "a model built with mask_token=True")
+            token = self.mask_token.to(tokens.dtype)  # (1, D)
+            tokens = torch.where(masks.reshape(B, N, 1), token, tokens)  # (B, N, D)
         tokens = torch.cat([self.cls_token.expand(B, -1, -1), tokens], dim=1)  # (B, 1 + N, D)
         tokens = tokens + self.interpolate_pos_embed(H, W)  # (B, 1 + N, D)
         if self.n_registers:  # registers carry no position: they belong to no place in the image
@@ -233,16 +237,16 @@ class VisionTransformer(nn.Module):
             tokens = torch.cat([tokens[:, :1], regs, tokens[:, 1:]], dim=1)  # (B, 1 + R + N, D)
         return tokens
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
         """(B, C, H, W) -> all tokens after the final norm, (B, 1 + R + N, D)."""
-        x = self.prepare_tokens(x)  # (B, T, D)
+        x = self.prepare_tokens(x, masks)  # (B, T, D)
         for blk in self.blocks:
             x = blk(x)  # (B, T, D)
         return self.norm(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> the CLS feature (B, D)."""
-        return self.forward_features(x)[:, 0]  # (B, D)
+    def forward(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
+        """(B, C, H, W) -> the CLS feature (B, D); masks as in `prepare_tokens`."""
+        return self.forward_features(x, masks)[:, 0]  # (B, D)
 
     def get_patch_tokens(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> the normed patch tokens (B, N, D), CLS and registers left out."""
@@ -260,8 +264,7 @@ class VisionTransformer(nn.Module):
         """(B, C, H, W) -> the outputs of the last n blocks, each normed, each (B, T, D)."""
         if not 1 <= n <= self.depth:
             raise ValueError(f"n={n} must be between 1 and depth={self.depth}")
-        x = self.prepare_tokens(x)  # (B, T, D)
-        outputs = []
+        x, outputs = self.prepare_tokens(x), []  # (B, T, D)
         for i, blk in enumerate(self.blocks):
             x = blk(x)  # (B, T, D)
             if i >= self.depth - n:
