@@ -33,8 +33,9 @@ test: lint
 	MINIDINO_FAST=1 $(BIN)/python -m pytest --nbval-lax --durations=15 \
 		tests $(wildcard notebooks/*.ipynb) $(wildcard exercises/*.ipynb) $(wildcard solutions/*.ipynb)
 
+# the course: start with exercises/00_setup_and_tour.ipynb
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab
 
 bench: $(STAMP)
 	$(BIN)/python -m minidino.bench augment

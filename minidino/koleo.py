@@ -1,4 +1,4 @@
-"""KoLeo: a regulariser that spreads features out over the sphere (DINOv2, Sec. 3).
+"""KoLeo: a regulariser that spreads features out over the sphere (DINOv2, Sec. 4).
 
 Why: self-distillation only asks the student to agree with the teacher. Nothing in that loss
 stops the features of different images from bunching into a few tight clumps, which wastes the

@@ -34,7 +34,8 @@ def plot_training_curves(metrics_path: str | Path, out_dim: int) -> plt.Figure:
     axes[1].legend(fontsize=8)
     axes[2].plot(steps, [r["kl_teacher_student"] for r in diag])
     axes[2].set(title="KL(teacher || student)", xlabel="step", ylabel="nats")
-    fig.suptitle("Healthy training: loss falls, entropy stays between 0 and log K, KL stays > 0")
+    fig.suptitle("Training curves: the loss; the teacher's entropy (0 = one prototype, log K = "
+                 "uniform); KL(teacher || student)")
     fig.tight_layout()
     return fig
 

@@ -38,10 +38,15 @@ BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 LABEL = re.compile(r"#\s*(Exercise\s+\d+\.\d+)\s*:\s*(.+?)\s*$", re.MULTILINE)
 KINDS = ("exercises", "solutions")
-NOTE = (
-    "> **Generated file.** This is the {kind} copy of `notebooks/{name}`, made by "
-    "`python scripts/make_exercises.py`. Edit the lesson in `notebooks/`, not this file."
-)
+NOTE = {
+    "exercises": "> **Your copy of the lesson.** Fill in the exercises here: each one raises "
+                 "`NotImplementedError` until you do, and the check after it tells you whether "
+                 "your version is right. (Course authors: this file is generated from "
+                 "`notebooks/{name}` by `python scripts/make_exercises.py`; edit that lesson.)",
+    "solutions": "> **The answers.** This is the lesson with every exercise filled in. (Course "
+                 "authors: this file is generated from `notebooks/{name}` by "
+                 "`python scripts/make_exercises.py`; edit that lesson.)",
+}
 
 
 class SourceError(ValueError):
@@ -139,7 +144,7 @@ def derive(nb: nbformat.NotebookNode, kind: str, name: str) -> nbformat.Notebook
         elif cell.cell_type == "markdown":
             cell.source = _markdown_cell(cell.source, kind, where)
             cell.source = cell.source.replace("/blob/main/notebooks/", f"/blob/main/{kind}/")
-    note = nbformat.v4.new_markdown_cell(NOTE.format(kind=kind, name=name))
+    note = nbformat.v4.new_markdown_cell(NOTE[kind].format(name=name))
     note.id = f"generated-{kind}-note"
     out.cells.insert(1 if out.cells else 0, note)
     return out

@@ -62,7 +62,7 @@ def test_generator_writes_stub_and_answer(tmp_path: Path) -> None:
     assert "return x + 1" in solution[2] and "BEGIN SOLUTION" not in solution[2]
     assert "*Your answer here.*" in exercise[3] and "Because." in solution[3]
     assert "/blob/main/exercises/99_toy.ipynb" in exercise[0]
-    assert "Generated file" in exercise[1]
+    assert "Fill in the exercises here" in exercise[1] and "notebooks/99_toy.ipynb" in exercise[1]
     namespace: dict = {}
     exec(exercise[2], namespace)  # the stub defines the function; it raises only when called
     with pytest.raises(NotImplementedError, match="Exercise 9.1"):

@@ -14,5 +14,8 @@ from minidino.checks.lesson05_teacher import *  # noqa: F401,F403
 from minidino.checks.lesson06_loop import *  # noqa: F401,F403
 from minidino.checks.lesson07_eval import *  # noqa: F401,F403
 from minidino.checks.lesson08_attention import *  # noqa: F401,F403
+from minidino.checks.lesson09_ibot import *  # noqa: F401,F403
+from minidino.checks.lesson10_dinov2 import *  # noqa: F401,F403
+from minidino.checks.lesson11_propagation import *  # noqa: F401,F403
 
 __all__ = ["CheckFailed", "run_check"]

@@ -31,6 +31,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 class CheckFailed(AssertionError):
     """Raised when a learner's implementation disagrees with the reference."""
 
+    def _render_traceback_(self) -> list[str]:
+        """In Jupyter, show the explanation only: the frames inside the check are noise."""
+        return [f"CheckFailed: {self}"]
+
 
 def fail(exercise: str, case: str, problem: str, hint: str = "") -> None:
     """Raise `CheckFailed` with a message a learner can act on."""
