@@ -3,7 +3,7 @@
 Why: a backbone whose patch features mean something should find, for every patch of a new
 frame, the patches of earlier frames that show the same part of the same object. If so, the
 object masks can be carried from the first frame (given) to every later one with no training at
-all (DINO, Sec. 4.2.3 and Table 5, DAVIS-2017: https://arxiv.org/abs/2104.14294).
+all (DINO, Sec. 4.2.2 and Table 5, DAVIS-2017: https://arxiv.org/abs/2104.14294).
 
 How (as DINO's evaluation):
 1. Every frame gives an h x w grid of L2-normalised patch features (T, h, w, D).

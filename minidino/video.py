@@ -1,7 +1,7 @@
 """Videos for dense evaluation: a built-in moving-shapes clip, and the DAVIS-2017 format on disk.
 
 Why: DINO's patch features can track objects through a video with no training for it at all
-(DINO, Sec. 4.2.3, DAVIS-2017 label propagation). Measuring that needs frames with a ground-truth
+(DINO, Sec. 4.2.2, DAVIS-2017 label propagation). Measuring that needs frames with a ground-truth
 mask on every frame. `make_video` draws one with the same shapes as the built-in dataset
 (`minidino.shapes`), so the whole evaluation runs anywhere without a download; `load_davis` reads
 the real benchmark when it is on disk.
