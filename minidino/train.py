@@ -164,7 +164,10 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
     if main:  # a fresh run starts new logs; a resumed one drops those after its checkpoint
         _truncate_jsonl(run_dir / "metrics.jsonl", "step", start)
         _truncate_jsonl(run_dir / "epochs.jsonl", "epoch", start // steps_per_epoch)
-    watchdog = CollapseWatchdog(cfg.out_dim, cfg.collapse_patience)
+    # The diagnostics read the centred softmax; Sinkhorn-Knopp targets are balanced whatever it
+    # says (a flat softmax is normal there), so the watchdog only watches the running center.
+    watchdog = CollapseWatchdog(cfg.out_dim,
+                                cfg.collapse_patience if cfg.centering == "center" else 0)
     if main and start > 0:  # a resumed run remembers the epochs before it, without re-warning
         watchdog.replay(run_dir / "epochs.jsonl")
 

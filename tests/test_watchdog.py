@@ -144,3 +144,17 @@ def test_a_resumed_run_continues_the_streak_without_warning_twice(tmp_path):
         warned_before.replay(path)  # it warned before the interruption: not again
         assert warned_before.update(2, 0.0, 0.0) is None
         assert records == []
+
+
+def test_sinkhorn_centering_is_not_watched(tiny_split, tmp_path, one_thread):
+    # with Sinkhorn-Knopp targets the centred softmax the diagnostics read may be flat while the
+    # targets are balanced and sharp: the watchdog must not call that a uniform collapse
+    cfg = replace(fast_config(get_preset("cpu-demo")), depth=1, n_local_crops=0, n_train=None,
+                  batch_size=8, epochs=3, warmup_epochs=0, freeze_last_layer=0, log_every=1,
+                  out_dir=str(tmp_path), collapse_patience=1, centering="sinkhorn",
+                  **COLLAPSING["uniform"])
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        train(cfg, progress=False, train_split=tiny_split)
+    assert not [r for r in records if issubclass(r.category, CollapseWarning)]
+
