@@ -22,14 +22,15 @@ from minidino.train import load_splits, pick_device, train
 from minidino.viz import plot_attention_maps, plot_training_curves
 
 
-def _eval_images(train_split: DatasetSplit, test_split: DatasetSplit, cfg: TrainConfig
+def _eval_images(train_split: DatasetSplit, test_split: DatasetSplit, cfg: TrainConfig,
+                 progress: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The memory bank (the training images the run used) and `cfg.n_eval` held-out queries,
-    each as uint8 images (N, 3, H, W) with their labels (N,)."""
-    if train_split.images is None:
-        train_split.images = to_tensor_images(train_split.dataset, cfg.image_size)
-    if test_split.images is None:
-        test_split.images = to_tensor_images(test_split.dataset, cfg.image_size)
+    each as uint8 images (N, 3, H, W) with their labels (N,). Folder datasets are loaded here,
+    with a progress bar unless `progress` is False."""
+    for split in (train_split, test_split):
+        if split.images is None:
+            split.images = to_tensor_images(split.dataset, cfg.image_size, progress=progress)
     bank = subset_indices(train_split.images.shape[0], cfg.n_train, cfg.seed)  # (N,)
     queries = subset_indices(test_split.images.shape[0], cfg.n_eval, cfg.seed)  # (M,)
     return (train_split.images[bank], train_split.labels[bank],
@@ -37,10 +38,11 @@ def _eval_images(train_split: DatasetSplit, test_split: DatasetSplit, cfg: Train
 
 
 def eval_features(backbone: torch.nn.Module, train_split: DatasetSplit, test_split: DatasetSplit,
-                  cfg: TrainConfig, device: torch.device
+                  cfg: TrainConfig, device: torch.device, progress: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """CLS features (N, D) of the memory bank and (M, D) of the queries, with their labels."""
-    bank, bank_labels, queries, query_labels = _eval_images(train_split, test_split, cfg)
+    bank, bank_labels, queries, query_labels = _eval_images(train_split, test_split, cfg,
+                                                            progress)
     kwargs = {"device": device, "progress": False}
     bank_features = extract_features(backbone, bank, **kwargs)  # (N, D)
     query_features = extract_features(backbone, queries, **kwargs)  # (M, D)
@@ -48,10 +50,11 @@ def eval_features(backbone: torch.nn.Module, train_split: DatasetSplit, test_spl
 
 
 def knn_top1(backbone: torch.nn.Module, train_split: DatasetSplit, test_split: DatasetSplit,
-             cfg: TrainConfig, device: torch.device, k: int = 20) -> dict[str, float]:
+             cfg: TrainConfig, device: torch.device, k: int = 20, progress: bool = True
+             ) -> dict[str, float]:
     """Weighted kNN (T=0.07) accuracy of a backbone's CLS features: training images as the
     memory bank, `cfg.n_eval` held-out images as queries."""
-    features = eval_features(backbone, train_split, test_split, cfg, device)
+    features = eval_features(backbone, train_split, test_split, cfg, device, progress)
     return knn_accuracy(*features, n_classes=len(train_split.classes), k=k)
 
 
@@ -65,8 +68,9 @@ def run_demo(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # the same seed and order as `train` gives the same initial weights
     random_backbone = build_backbone(cfg).to(device)
     teacher_backbone = result["teacher"].backbone
-    trained = knn_top1(teacher_backbone, train_split, test_split, cfg, device)
-    random_init = knn_top1(random_backbone, train_split, test_split, cfg, device)
+    trained = knn_top1(teacher_backbone, train_split, test_split, cfg, device, progress=progress)
+    random_init = knn_top1(random_backbone, train_split, test_split, cfg, device,
+                           progress=progress)
 
     run_dir = result["run_dir"]
     curves = plot_training_curves(run_dir / "metrics.jsonl", cfg.out_dim)

@@ -59,3 +59,26 @@ def test_committed_pretrained_backbone_loads_and_beats_random_init():
         f_query = extract_features(backbone, queries.images, progress=False)
         top1[name] = knn_accuracy(f_bank, bank.labels, f_query, queries.labels, 10)["top1"]
     assert top1["trained"] > top1["random"] + 5, top1
+
+
+def test_knn_top1_loads_image_datasets_quietly_when_asked(capsys):
+    # a split whose images are not yet in memory (as for a folder dataset) is loaded on demand;
+    # with progress=False that happens without a progress bar
+    from minidino.data import DatasetSplit, TensorImageDataset
+    from minidino.demo import knn_top1
+
+    cfg = replace(get_preset("cpu-demo"), n_eval=None)
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)  # (N, 3, H, W)
+    labels = torch.arange(8) % 2  # (N,)
+
+    def split() -> DatasetSplit:
+        return DatasetSplit(None, labels, ["a", "b"], TensorImageDataset(images, labels))
+
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4))
+    quiet = knn_top1(backbone, split(), split(), cfg, torch.device("cpu"), k=3, progress=False)
+    assert "loading images" not in capsys.readouterr().err
+    loud = knn_top1(backbone, split(), split(), cfg, torch.device("cpu"), k=3)
+    assert "loading images" in capsys.readouterr().err
+    # every query is also in the bank, so its own image votes for the right class
+    assert quiet == loud and quiet["top1"] > 50
