@@ -125,7 +125,8 @@ def _heart(x: Tensor, y: Tensor) -> Tensor:
     return torch.minimum(diamond, lobes)
 
 
-_SDF = {
+# The signed distance of each shape: d(x, y) < 0 inside, in units of the shape's radius.
+SHAPE_SDF = {
     "circle": lambda x, y: torch.hypot(x, y) - 1.0,
     "square": lambda x, y: _box(x, y, 0.7, 0.7),
     "triangle": lambda x, y: _star(x, y, 3, math.cos(math.pi / 3)),
@@ -150,7 +151,7 @@ def _tinted(brightness: Tensor, hue: Tensor, tint: float) -> Tensor:
     return brightness[:, None] + tint * chroma
 
 
-def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
+def hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
     """Hue in turns, saturation and value in [0, 1].  (n,) x 3 -> (n, 3)"""
     k = (torch.tensor([5.0, 3.0, 1.0]) + 6 * h[:, None]) % 6  # (n, 3)
     ramp = torch.clamp(torch.minimum(k, 4 - k), 0, 1)
@@ -170,7 +171,7 @@ def _draw_colours(n: int, style: ShapesStyle, g: torch.Generator) -> tuple[Tenso
         fg = _tinted(mid + sign * gap / 2, hue_fg, style.tint)
         bg = _tinted(mid - sign * gap / 2, hue_bg, style.tint)
         return fg, bg, _tinted(mid, hue_bg, style.tint)  # bg2, for patterns: half way between
-    colour = lambda hue: _hsv_to_rgb(hue, 0.6 + 0.4 * u(), 0.45 + 0.55 * u())  # noqa: E731
+    colour = lambda hue: hsv_to_rgb(hue, 0.6 + 0.4 * u(), 0.45 + 0.55 * u())  # noqa: E731
     hue = u()
     distant = lambda: (hue + 0.25 + 0.5 * u()) % 1  # noqa: E731
     return colour(hue), colour(distant()), colour(distant())  # bg and bg2 at distant hues
@@ -241,7 +242,7 @@ def make_shapes(n: int, image_size: int = 32, difficulty: str | ShapesStyle = "e
         d = torch.empty(m, H, W)
         for c, name in enumerate(SHAPE_CLASSES):
             idx = (labels[sl] == c).nonzero().squeeze(1)
-            d[idx] = _SDF[name](x[idx], y[idx]) * r[idx]  # distance in image units
+            d[idx] = SHAPE_SDF[name](x[idx], y[idx]) * r[idx]  # distance in image units
         coverage = torch.clamp(0.5 - d / (2.0 / W), 0, 1)[:, None]  # d in pixels; (m, 1, H, W)
         masks[sl] = d <= 0
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from minidino.shapes import _SDF, SHAPE_CLASSES, _hsv_to_rgb
+from minidino.shapes import SHAPE_CLASSES, SHAPE_SDF, hsv_to_rgb
 
 DAVIS_URL = "https://davischallenge.org/davis2017/code.html"
 
@@ -68,7 +68,7 @@ def make_video(n_frames: int = 12, image_size: int = 96, n_objects: int = 2, see
     radius = size_range[0] + (size_range[1] - size_range[0]) * u01(n_objects)  # (n,)
     hues = (u01(1) + torch.arange(n_objects) / max(n_objects, 1)) % 1  # (n,)
     value = torch.where(torch.arange(n_objects) % 2 == 0, 0.95, 0.7)  # alternate brightness
-    fg = _hsv_to_rgb(hues, 0.55 + 0.3 * u01(n_objects), value)  # (n, 3)
+    fg = hsv_to_rgb(hues, 0.55 + 0.3 * u01(n_objects), value)  # (n, 3)
     bg = torch.full((1, 3), 0.25) + 0.1 * u01(1, 3)  # (1, 3) dark, faintly tinted
     colours = torch.cat([bg, fg])  # (1 + n, 3)
 
@@ -101,7 +101,7 @@ def make_video(n_frames: int = 12, image_size: int = 96, n_objects: int = 2, see
         du, dv = u - cu, v - cv  # (T, H, W)
         x = (torch.cos(a) * du + torch.sin(a) * dv) / r  # (T, H, W) in the shape's frame
         y = (torch.cos(a) * dv - torch.sin(a) * du) / r
-        d = _SDF[SHAPE_CLASSES[int(kinds[k])]](x, y) * r  # (T, H, W) distance in image units
+        d = SHAPE_SDF[SHAPE_CLASSES[int(kinds[k])]](x, y) * r  # (T, H, W) distance in image units
         coverage = torch.clamp(0.5 - d / (2.0 / H), 0, 1)[:, None]  # (T, 1, H, W)
         img = img + coverage * (fg[k, :, None, None] - img)  # (T, 3, H, W)
         masks[d <= 0] = k + 1

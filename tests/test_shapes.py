@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minidino.shapes import (
-    _SDF,
     SHAPE_CLASSES,
+    SHAPE_SDF,
     SHAPES_STYLES,
     ShapesDataset,
     ShapesStyle,
@@ -175,10 +175,10 @@ def test_edges_are_antialiased_over_one_pixel() -> None:
 def test_every_shape_fits_the_unit_disk_and_covers_its_centre_region(name: str) -> None:
     angle = torch.linspace(0, 2 * math.pi, 721)
     for r in (1.001, 1.2):
-        d = _SDF[name](r * torch.cos(angle), r * torch.sin(angle))
+        d = SHAPE_SDF[name](r * torch.cos(angle), r * torch.sin(angle))
         assert (d > 0).all(), f"{name} pokes out of the unit disk"
     # a shape of diameter `size` spans most of it: some point at radius 0.9 is inside
-    d = _SDF[name](0.9 * torch.cos(angle), 0.9 * torch.sin(angle))
+    d = SHAPE_SDF[name](0.9 * torch.cos(angle), 0.9 * torch.sin(angle))
     assert (d < 0).any()
 
 
