@@ -134,7 +134,15 @@ PRETRAINED = Path(__file__).parent / "assets" / "cpu-demo-teacher.pt"
 def load_pretrained(path: str | Path = PRETRAINED) -> torch.nn.Module:
     """A backbone saved by `export_backbone`, in eval mode, on the CPU.
 
-    The default is the teacher of a `cpu-demo` run that ships with the package (1.9 MB), so the
+    The default is the teacher of a `cpu-demo` run that ships with the package (0.9 MB), so the
     lessons can show trained features and attention maps without training first.
     """
     return _backbone_from(path, "backbone")[0].eval()
+
+
+def random_init_like(path: str | Path = PRETRAINED, seed: int = 0) -> torch.nn.Module:
+    """The architecture of the backbone saved at `path`, randomly initialised from `seed`, in
+    eval mode on the CPU: the baseline the lessons compare a trained backbone with."""
+    cfg = TrainConfig.from_dict(load_checkpoint(path)["config"])
+    torch.manual_seed(seed)
+    return build_backbone(cfg).eval()

@@ -82,3 +82,22 @@ def test_knn_top1_loads_image_datasets_quietly_when_asked(capsys):
     assert "loading images" in capsys.readouterr().err
     # every query is also in the bank, so its own image votes for the right class
     assert quiet == loud and quiet["top1"] > 50
+
+
+def test_random_init_like_has_the_pretrained_architecture_and_the_demo_baseline_weights():
+    from minidino.demo import random_init_like
+    from minidino.step import build_backbone
+
+    trained, random_init = load_pretrained(), random_init_like()
+    assert not random_init.training
+    trained_state, random_state = trained.state_dict(), random_init.state_dict()
+    assert trained_state.keys() == random_state.keys()
+    for name, value in trained_state.items():
+        assert value.shape == random_state[name].shape, name
+    assert not torch.equal(trained_state["blocks.0.attn.qkv.weight"],
+                           random_state["blocks.0.attn.qkv.weight"])
+    # seed 0 gives the very network that `run_demo` scores as its random initialisation
+    torch.manual_seed(0)
+    demo_baseline = build_backbone(get_preset("cpu-demo")).state_dict()
+    for name, value in random_state.items():
+        assert torch.equal(value, demo_baseline[name]), name

@@ -155,7 +155,7 @@ def test_pretrained_backbone_on_the_built_in_video(one_thread) -> None:
     video = make_video(n_frames=6, seed=0)
     pretrained = load_pretrained()
     features = patch_features(pretrained, video.frames)
-    assert features.shape == (6, 12, 12, 96)
+    assert features.shape == (6, 12, 12, pretrained.embed_dim)
     assert torch.allclose(features.norm(dim=-1), torch.ones(6, 12, 12), atol=1e-5)
     scores = evaluate_propagation(pretrained, video.frames, video.masks)
     for name in ("J", "F", "J&F"):
