@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from minidino.config import TrainConfig, get_preset
-from minidino.demo import knn_top1
+from minidino.demo import initial_backbone, knn_top1
 from minidino.propagation import evaluate_propagation
-from minidino.step import build_backbone
 from minidino.train import load_splits, train
 from minidino.video import make_video
 from minidino.viz import attention_mass_mask, cls_attention_maps, mask_iou
@@ -68,8 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                    out_dir=args.out_dir)
     splits = load_splits(base)
     video = make_video(n_frames=12, seed=0)[:2]  # frames (T, 3, H, W), masks (T, H, W)
-    torch.manual_seed(base.seed)
-    rows = [("random initialisation", score(build_backbone(base), base, splits, video), 0.0)]
+    rows = [("random initialisation", score(initial_backbone(base), base, splits, video), 0.0)]
     for name, changes in RECIPES.items():
         cfg = replace(base, run_name=name.replace(" ", "").replace("+", "-").lower(), **changes)
         t0 = time.perf_counter()

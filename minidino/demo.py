@@ -8,6 +8,7 @@ architecture at its random initialisation, and draws the training curves and att
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,7 @@ def run_demo(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     result = train(cfg, progress=progress, train_split=train_split)
     device = pick_device(cfg.device)
 
-    torch.manual_seed(cfg.seed)  # the same seed and order as `train` gives the same initial weights
-    random_backbone = build_backbone(cfg).to(device)
+    random_backbone = initial_backbone(cfg).to(device)
     teacher_backbone = result["teacher"].backbone
     trained = knn_top1(teacher_backbone, train_split, test_split, cfg, device, progress=progress)
     random_init = knn_top1(random_backbone, train_split, test_split, cfg, device,
@@ -140,9 +140,15 @@ def load_pretrained(path: str | Path = PRETRAINED) -> torch.nn.Module:
     return _backbone_from(path, "backbone")[0].eval()
 
 
+def initial_backbone(cfg: TrainConfig) -> torch.nn.Module:
+    """`cfg`'s backbone with the initial weights a run of `cfg` starts from: `train` seeds torch
+    with `cfg.seed` and builds the backbone first, and so does this."""
+    torch.manual_seed(cfg.seed)
+    return build_backbone(cfg)
+
+
 def random_init_like(path: str | Path = PRETRAINED, seed: int = 0) -> torch.nn.Module:
     """The architecture of the backbone saved at `path`, randomly initialised from `seed`, in
     eval mode on the CPU: the baseline the lessons compare a trained backbone with."""
     cfg = TrainConfig.from_dict(load_checkpoint(path)["config"])
-    torch.manual_seed(seed)
-    return build_backbone(cfg).eval()
+    return initial_backbone(replace(cfg, seed=seed)).eval()
