@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from minidino.config import TrainConfig, get_preset
-from minidino.demo import initial_backbone, knn_top1
+from minidino.demo import initial_backbone
+from minidino.evaluate import knn_top1
 from minidino.propagation import evaluate_propagation
 from minidino.train import load_splits, train
 from minidino.video import make_video

@@ -63,7 +63,8 @@ class TrainConfig:
     n_local_crops: int = 6
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: tuple[float, float] | None = None  # None: DINO's 0.1-2 px at 224 px, scaled
+    blur: bool = True  # Gaussian blur with DINO's probabilities (1.0, 0.1, 0.5); False: none
     jitter_p: float = 0.8  # probability of colour jitter per crop
     solarize_p: float = 0.2  # probability of solarization of the second global crop
     # DINO loss
@@ -100,7 +101,7 @@ class TrainConfig:
     out_dir: str = "runs"
     run_name: str = "run"
     log_every: int = 10
-    knn_every: int = 0  # epochs between kNN evaluations during training (0: only at the end)
+    knn_every: int = 0  # kNN of teacher and student every N epochs and at the end (0: never)
     n_eval: int | None = None  # held-out images for kNN (None: the whole test split)
     max_steps: int | None = None  # stop after this many steps (schedules still span all epochs)
     compile: bool = False
@@ -188,11 +189,12 @@ def _validate(c: TrainConfig) -> None:
     for name, top in (("global_scale", 1), ("local_scale", 1), ("mask_ratio", 1),
                       ("blur_sigma", math.inf)):
         lo_hi = getattr(c, name)
-        need(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= top, name,
+        need(lo_hi is None or (len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= top), name,
              f"a pair (low, high) with 0 < low <= high <= {top}")
     smallest = c.local_size if c.n_local_crops else c.global_size
-    need(math.ceil(3 * c.blur_sigma[1]) < smallest, "blur_sigma", f"the blur kernel (+-3 sigma) "
-         f"must fit in a {smallest}-px crop: high <= {(smallest - 1) / 3:g}")
+    need(c.blur_sigma is None or math.ceil(3 * c.blur_sigma[1]) < smallest, "blur_sigma",
+         f"the blur kernel (+-3 sigma) must fit in a {smallest}-px crop: "
+         f"high <= {(smallest - 1) / 3:g}, or None (scaled to global_size)")
     for name in ("student_temp", "teacher_temp", "warmup_teacher_temp", "ibot_teacher_temp", "lr"):
         need(getattr(c, name) > 0, name, "must be > 0")
     need(c.layerscale is None or c.layerscale > 0, "layerscale", "must be > 0 or None")

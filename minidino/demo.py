@@ -16,47 +16,10 @@ import torch
 
 from minidino.checkpoint import load_backbone_weights, load_checkpoint
 from minidino.config import TrainConfig
-from minidino.data import DatasetSplit, subset_indices, to_tensor_images
-from minidino.evaluate import extract_features, knn_accuracy, linear_probe
+from minidino.evaluate import eval_features, knn_accuracy, knn_top1, linear_probe
 from minidino.step import build_backbone
 from minidino.train import load_splits, pick_device, train
 from minidino.viz import plot_attention_maps, plot_training_curves
-
-
-def _eval_images(train_split: DatasetSplit, test_split: DatasetSplit, cfg: TrainConfig,
-                 progress: bool = True
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The memory bank (the training images the run used) and `cfg.n_eval` held-out queries,
-    each as uint8 images (N, 3, H, W) with their labels (N,). Folder datasets are loaded here,
-    with a progress bar unless `progress` is False."""
-    for split in (train_split, test_split):
-        if split.images is None:
-            split.images = to_tensor_images(split.dataset, cfg.image_size, progress=progress)
-    bank = subset_indices(train_split.images.shape[0], cfg.n_train, cfg.seed)  # (N,)
-    queries = subset_indices(test_split.images.shape[0], cfg.n_eval, cfg.seed)  # (M,)
-    return (train_split.images[bank], train_split.labels[bank],
-            test_split.images[queries], test_split.labels[queries])
-
-
-def eval_features(backbone: torch.nn.Module, train_split: DatasetSplit, test_split: DatasetSplit,
-                  cfg: TrainConfig, device: torch.device, progress: bool = True
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CLS features (N, D) of the memory bank and (M, D) of the queries, with their labels."""
-    bank, bank_labels, queries, query_labels = _eval_images(train_split, test_split, cfg,
-                                                            progress)
-    kwargs = {"device": device, "progress": False}
-    bank_features = extract_features(backbone, bank, **kwargs)  # (N, D)
-    query_features = extract_features(backbone, queries, **kwargs)  # (M, D)
-    return bank_features, bank_labels, query_features, query_labels
-
-
-def knn_top1(backbone: torch.nn.Module, train_split: DatasetSplit, test_split: DatasetSplit,
-             cfg: TrainConfig, device: torch.device, k: int = 20, progress: bool = True
-             ) -> dict[str, float]:
-    """Weighted kNN (T=0.07) accuracy of a backbone's CLS features: training images as the
-    memory bank, `cfg.n_eval` held-out images as queries."""
-    features = eval_features(backbone, train_split, test_split, cfg, device, progress)
-    return knn_accuracy(*features, n_classes=len(train_split.classes), k=k)
 
 
 def run_demo(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 from minidino.bench import main as bench_main
 from minidino.bench_train import bench_training, format_rows
 from minidino.config import get_preset
-from minidino.demo import knn_top1
+from minidino.evaluate import knn_top1
 from minidino.train import load_splits, train
 
 

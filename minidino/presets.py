@@ -15,7 +15,7 @@ from minidino.config import TrainConfig
 _CIFAR10 = TrainConfig(
     dataset="cifar10", arch="vit_tiny", patch_size=4, out_dim=4096, global_size=32,
     local_size=16, n_local_crops=6, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4),
-    blur_sigma=(0.1, 1.0), teacher_temp=0.04, epochs=100, batch_size=512, lr=5e-4,
+    teacher_temp=0.04, epochs=100, batch_size=512, lr=5e-4,
     warmup_epochs=10, run_name="cifar10",
 )
 

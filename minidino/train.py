@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,9 @@ from minidino.distributed import (
     shutdown,
     world_size,
 )
+from minidino.evaluate import knn_top1
 from minidino.metrics import collapse_metrics
-from minidino.step import build_parts, train_step
+from minidino.step import DINOParts, build_parts, train_step
 from minidino.watchdog import CollapseWatchdog
 
 
@@ -62,12 +64,14 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def crop_config(cfg: TrainConfig) -> MultiCropConfig:
+    """The multi-crop of a run: DINO's recipe for small images (`small_image_config`, whose blur
+    sigma is DINO's scaled to `global_size`), with the sizes, scales, blur and colour
+    probabilities of `cfg`."""
     base = small_image_config(cfg.global_size, n_local_crops=cfg.n_local_crops)
-    return MultiCropConfig(**{**base.__dict__, "global_size": cfg.global_size,
-                              "local_size": cfg.local_size, "global_scale": cfg.global_scale,
-                              "local_scale": cfg.local_scale, "blur_sigma": cfg.blur_sigma,
-                              "jitter_p": cfg.jitter_p,
-                              "solarize_p": (0.0, cfg.solarize_p, 0.0)})
+    return replace(base, local_size=cfg.local_size, global_scale=cfg.global_scale,
+                   local_scale=cfg.local_scale, blur_sigma=cfg.blur_sigma or base.blur_sigma,
+                   blur_p=base.blur_p if cfg.blur else (0.0, 0.0, 0.0), jitter_p=cfg.jitter_p,
+                   solarize_p=(0.0, cfg.solarize_p, 0.0))
 
 
 def load_splits(cfg: TrainConfig) -> tuple[DatasetSplit, DatasetSplit]:
@@ -105,7 +109,8 @@ def make_batches(cfg: TrainConfig, train: DatasetSplit, device: torch.device):
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
-          train_split: DatasetSplit | None = None) -> dict[str, Any]:
+          train_split: DatasetSplit | None = None,
+          test_split: DatasetSplit | None = None) -> dict[str, Any]:
     """Train a DINO student and its EMA teacher; return the models and the run folder.
 
     `resume`: None (a fresh run), a checkpoint file, or "auto": the newest valid checkpoint in
@@ -113,17 +118,20 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     previous one used). SIGINT (Ctrl-C) or SIGTERM stops at the end of the current step, writes a
     checkpoint and raises KeyboardInterrupt. Under torchrun every process calls this and trains
     on its share of each global batch of `cfg.batch_size` images (see `minidino.distributed`).
-    `train_split` may be passed when the caller has loaded it already (else it is loaded)."""
+    `train_split` and `test_split` may be passed when the caller has loaded them already (else
+    they are loaded). With `cfg.knn_every` = N > 0, the teacher and the student are scored by
+    weighted kNN on the held-out split after every N-th epoch and after the last one; the
+    scores are printed and logged to epochs.jsonl, and the last ones returned ("knn")."""
     device, owns_group = init_distributed(pick_device(cfg.device))
     try:
-        return _train(cfg, device, resume, progress, train_split)
+        return _train(cfg, device, resume, progress, train_split, test_split)
     finally:
         if owns_group:
             shutdown()
 
 
 def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, progress: bool,
-           train_split: DatasetSplit | None) -> dict[str, Any]:
+           train_split: DatasetSplit | None, test_split: DatasetSplit | None) -> dict[str, Any]:
     main, world = is_main(), world_size()
     check_world_size(cfg, world)
     run_dir = Path(cfg.out_dir) / cfg.run_name
@@ -135,8 +143,9 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
         print(f"minidino: training on {device}{procs}; run folder {run_dir}; config:\n{fields}")
     resume_from, state = resume_state(resume, run_dir, device)  # before the data: fail fast
 
-    if train_split is None:
-        train_split, _ = load_splits(cfg)
+    if train_split is None or (test_split is None and cfg.knn_every > 0):
+        loaded_train, loaded_test = load_splits(cfg)
+        train_split, test_split = train_split or loaded_train, test_split or loaded_test
     batches = make_batches(cfg, train_split, device)
     steps_per_epoch = batches.steps_per_epoch
     parts = build_parts(cfg, steps_per_epoch, device)
@@ -146,6 +155,10 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
     total_steps = cfg.epochs * steps_per_epoch
     last_step = min(total_steps, cfg.max_steps or total_steps)
     ckpt_path = run_dir / "checkpoint.pt"
+    if main:  # what a sweep or a plot needs to know about the run's length
+        (run_dir / "run.json").write_text(json.dumps(
+            {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+             "last_step": last_step, "world_size": world, "device": str(device)}) + "\n")
 
     start, epoch_diags = 0, []  # collapse diagnostics of this epoch's log steps
     if resume_from is not None:
@@ -176,6 +189,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
                unit="step")
     pending: list[tuple[int, Tensor]] = []  # losses not yet read back from the device
     step, t0, seen, stopping = start, time.perf_counter(), 0, False
+    eval_seconds, knn = 0.0, {}  # time spent on kNN (not training), the last kNN scores
     stopper = GracefulStop().__enter__()
 
     def checkpoint() -> None:
@@ -200,6 +214,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
                 raise NonFiniteLossError(f"loss is {value} at step {s}; stopping ({good}). "
                                          "Try a lower lr or a higher teacher_temp.")
             record = {"step": s, "epoch": s // steps_per_epoch, "loss": value,
+                      "time": time.perf_counter() - t0 - eval_seconds,  # training seconds
                       "lr": float(sched.lr[s]), "weight_decay": float(sched.weight_decay[s]),
                       "teacher_momentum": float(sched.teacher_momentum[s]),
                       "teacher_temp": float(sched.teacher_temp[s])}
@@ -239,8 +254,18 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
                 if stopping or step >= last_step:
                     break
             flush()
-            if epoch_diags and main and (step % steps_per_epoch == 0 or step >= last_step):
-                record = _log_epoch(run_dir / "epochs.jsonl", epoch, epoch_diags, cfg.out_dim, bar)
+            epoch_done = step % steps_per_epoch == 0 or step >= last_step
+            knn_now: dict[str, float] = {}
+            if main and epoch_done and cfg.knn_every > 0 and (
+                    (epoch + 1) % cfg.knn_every == 0 or step >= last_step):
+                t_eval = time.perf_counter()
+                knn = knn_now = knn_scores(parts, train_split, test_split, cfg, device)
+                eval_seconds += time.perf_counter() - t_eval
+                bar.write(f"epoch {epoch}: kNN top-1 (k=20) on held-out images: teacher "
+                          f"{knn['knn_teacher']:.1f}%, student {knn['knn_student']:.1f}%")
+            if epoch_diags and main and epoch_done:
+                record = _log_epoch(run_dir / "epochs.jsonl", epoch, epoch_diags, cfg.out_dim, bar,
+                                    knn_now)
                 watchdog.update(epoch, record["teacher_entropy"], record["mean_entropy"])
             if step % steps_per_epoch == 0:
                 epoch_diags = []  # else the checkpoint carries them into the resumed epoch
@@ -254,16 +279,28 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
         bar.close()
         if log is not None:
             log.close()
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0 - eval_seconds  # training only, without kNN
     return {"student": student, "teacher": teacher, "run_dir": run_dir, "steps": step,
-            "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9), "config": cfg}
+            "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9), "config": cfg,
+            "knn": knn}
+
+
+def knn_scores(parts: DINOParts, train_split: DatasetSplit, test_split: DatasetSplit,
+               cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """Weighted kNN top-1 (k=20, T=0.07) of the teacher's and the student's backbones: the
+    run's training images as the memory bank, `cfg.n_eval` held-out images as queries."""
+    return {f"knn_{name}": knn_top1(model.backbone, train_split, test_split, cfg, device,
+                                    progress=False)["top1"]
+            for name, model in (("teacher", parts.teacher), ("student", parts.student))}
 
 
 def _log_epoch(path: Path, epoch: int, diags: list[dict[str, float]], out_dim: int,
-               bar: Any) -> dict[str, float]:
-    """Average this epoch's collapse diagnostics, append them to epochs.jsonl, print a line."""
+               bar: Any, extra: dict[str, Any] | None = None) -> dict[str, float]:
+    """Average this epoch's collapse diagnostics, append them (and `extra`, e.g. kNN scores) to
+    epochs.jsonl, print a line."""
     keys = ("teacher_entropy", "kl_teacher_student", "mean_entropy", "prototypes_used")
-    record = {"epoch": epoch, **{k: sum(d[k] for d in diags) / len(diags) for k in keys}}
+    record = {"epoch": epoch, **{k: sum(d[k] for d in diags) / len(diags) for k in keys},
+              **(extra or {})}
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
     bar.write(f"epoch {epoch}: teacher entropy {record['teacher_entropy']:.2f} "

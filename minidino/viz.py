@@ -20,10 +20,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def plot_training_curves(metrics_path: str | Path, out_dim: int) -> plt.Figure:
-    """Loss, teacher entropy (against its bounds 0 and log K) and KL(teacher || student)."""
+    """Loss, teacher entropy (against its bounds 0 and log K) and KL(teacher || student); and,
+    when the run scored kNN during training (`knn_every`), the teacher's and the student's kNN
+    top-1 per epoch, read from epochs.jsonl beside `metrics_path`."""
     records = read_jsonl(metrics_path)
     diag = [r for r in records if "teacher_entropy" in r]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    epochs_path = Path(metrics_path).with_name("epochs.jsonl")
+    knn = [r for r in read_jsonl(epochs_path) if "knn_teacher" in r] if epochs_path.exists() \
+        else []
+    fig, axes = plt.subplots(1, 4 if knn else 3, figsize=(17 if knn else 13, 3.4))
     axes[0].plot([r["step"] for r in records], [r["loss"] for r in records], lw=0.8)
     axes[0].set(title="DINO loss", xlabel="step", ylabel="cross-entropy (nats)")
     steps = [r["step"] for r in diag]
@@ -34,8 +39,15 @@ def plot_training_curves(metrics_path: str | Path, out_dim: int) -> plt.Figure:
     axes[1].legend(fontsize=8)
     axes[2].plot(steps, [r["kl_teacher_student"] for r in diag])
     axes[2].set(title="KL(teacher || student)", xlabel="step", ylabel="nats")
+    if knn:
+        epochs = [r["epoch"] + 1 for r in knn]  # scored after that many epochs
+        for who, style in (("teacher", "o-"), ("student", "s--")):
+            axes[3].plot(epochs, [r[f"knn_{who}"] for r in knn], style, label=who)
+        axes[3].set(title="kNN top-1 on held-out images", xlabel="epochs trained",
+                    ylabel="% correct")
+        axes[3].legend(fontsize=8)
     fig.suptitle("Training curves: the loss; the teacher's entropy (0 = one prototype, log K = "
-                 "uniform); KL(teacher || student)")
+                 "uniform); KL(teacher || student)" + ("; kNN accuracy" if knn else ""))
     fig.tight_layout()
     return fig
 

@@ -65,7 +65,7 @@ def test_knn_top1_loads_image_datasets_quietly_when_asked(capsys):
     # a split whose images are not yet in memory (as for a folder dataset) is loaded on demand;
     # with progress=False that happens without a progress bar
     from minidino.data import DatasetSplit, TensorImageDataset
-    from minidino.demo import knn_top1
+    from minidino.evaluate import knn_top1
 
     cfg = replace(get_preset("cpu-demo"), n_eval=None)
     torch.manual_seed(0)
