@@ -8,6 +8,8 @@ Examples:
     torchrun --nproc_per_node 4 -m minidino train --preset cifar10  # 4 GPUs, DDP
     python -m minidino eval runs/cifar10/checkpoint.pt --linear
     python -m minidino export runs/cpu-demo/checkpoint.pt minidino/assets/cpu-demo-teacher.pt
+    python -m minidino sweep --preset cifar10 --minutes 8 --knn-every 5 \
+        --run baseline "" --run no-blur "--blur false"   # runs side by side, one table
     python -m minidino download cifar10
 """
 
@@ -53,6 +55,28 @@ def _resolve(args: argparse.Namespace, default_preset: str) -> TrainConfig:
     return config_from_args(cfg, args)
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    import os
+    from dataclasses import fields
+
+    from minidino.sweep import Sweep, parse_runs
+
+    if args.fast:
+        os.environ["MINIDINO_FAST"] = "1"  # the runs' processes inherit it
+    common = [token for f in fields(TrainConfig) if getattr(args, f.name) is not None
+              for token in (f"--{f.name.replace('_', '-')}", getattr(args, f.name))]
+    try:
+        seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r} is not allowed: integers separated by "
+                         "commas, e.g. 0,1") from None
+    runs = parse_runs([tuple(pair) for pair in args.run], seeds)
+    base = config_from_args(get_preset(args.preset), args)
+    folder = os.path.join(base.out_dir, "sweeps", args.name)
+    Sweep(args.preset, runs, folder, common, args.parallel).run(args.minutes,
+                                                                args.calibration_steps)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m minidino", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,6 +92,23 @@ def main(argv: list[str] | None = None) -> int:
                            help="a checkpoint.pt to continue from, or 'auto': the newest valid "
                                 "checkpoint in the run folder (a fresh run when there is none)")
         add_config_arguments(p)
+    p = sub.add_parser("sweep", help="several runs side by side on one machine, one table; "
+                       "config options given here apply to every run")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cifar10")
+    p.add_argument("--run", nargs=2, action="append", metavar=("NAME", "OPTIONS"), default=[],
+                   help='one run: its name and the options it changes, e.g. --run lr-2x '
+                        '"--lr 1e-3" (repeat for each run; "" trains the preset as it is)')
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training minutes per run; the epochs are sized from each run's "
+                        "measured speed (default: the epochs of the config)")
+    p.add_argument("--seeds", default=None, help="e.g. 0,1: every run once per seed")
+    p.add_argument("--parallel", type=_positive_int, default=None,
+                   help="runs at the same time (default: all of them)")
+    p.add_argument("--name", default="sweep", help="the sweep folder: <out-dir>/sweeps/<name>")
+    p.add_argument("--calibration-steps", type=_positive_int, default=30,
+                   help="steps each run trains to measure its speed (with --minutes)")
+    p.add_argument("--fast", action="store_true", help="tiny runs (as in CI)")
+    add_config_arguments(p)
     p = sub.add_parser("eval", help="kNN (and linear probe) of a checkpoint's backbone")
     p.add_argument("checkpoint")
     p.add_argument("--which", choices=("teacher", "student"), default="teacher")
@@ -96,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = _resolve(args, "cifar10")
             train(cfg, resume=args.resume, progress=not args.no_progress)
+        elif args.command == "sweep":
+            _sweep(args)
         elif args.command == "eval":
             from minidino.demo import evaluate_checkpoint
 

@@ -263,10 +263,11 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
                 eval_seconds += time.perf_counter() - t_eval
                 bar.write(f"epoch {epoch}: kNN top-1 (k=20) on held-out images: teacher "
                           f"{knn['knn_teacher']:.1f}%, student {knn['knn_student']:.1f}%")
-            if epoch_diags and main and epoch_done:
+            if main and epoch_done and (epoch_diags or knn_now):
                 record = _log_epoch(run_dir / "epochs.jsonl", epoch, epoch_diags, cfg.out_dim, bar,
                                     knn_now)
-                watchdog.update(epoch, record["teacher_entropy"], record["mean_entropy"])
+                if epoch_diags:
+                    watchdog.update(epoch, record["teacher_entropy"], record["mean_entropy"])
             if step % steps_per_epoch == 0:
                 epoch_diags = []  # else the checkpoint carries them into the resumed epoch
             checkpoint()  # every epoch, when max_steps ends the run, and when stopped
@@ -296,17 +297,18 @@ def knn_scores(parts: DINOParts, train_split: DatasetSplit, test_split: DatasetS
 
 def _log_epoch(path: Path, epoch: int, diags: list[dict[str, float]], out_dim: int,
                bar: Any, extra: dict[str, Any] | None = None) -> dict[str, float]:
-    """Average this epoch's collapse diagnostics, append them (and `extra`, e.g. kNN scores) to
-    epochs.jsonl, print a line."""
+    """Average this epoch's collapse diagnostics (none when no step of the epoch was a log
+    step), append them and `extra` (kNN scores) to epochs.jsonl, print a line."""
     keys = ("teacher_entropy", "kl_teacher_student", "mean_entropy", "prototypes_used")
-    record = {"epoch": epoch, **{k: sum(d[k] for d in diags) / len(diags) for k in keys},
+    record = {"epoch": epoch, **{k: sum(d[k] for d in diags) / len(diags) for k in keys if diags},
               **(extra or {})}
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
-    bar.write(f"epoch {epoch}: teacher entropy {record['teacher_entropy']:.2f} "
-              f"(0 = one prototype, {math.log(out_dim):.2f} = uniform), "
-              f"KL(teacher||student) {record['kl_teacher_student']:.3f}, "
-              f"prototypes used {record['prototypes_used']:.0f} of {out_dim}")
+    if diags:
+        bar.write(f"epoch {epoch}: teacher entropy {record['teacher_entropy']:.2f} "
+                  f"(0 = one prototype, {math.log(out_dim):.2f} = uniform), "
+                  f"KL(teacher||student) {record['kl_teacher_student']:.3f}, "
+                  f"prototypes used {record['prototypes_used']:.0f} of {out_dim}")
     return record
 
 

@@ -110,7 +110,7 @@ class CollapseWatchdog:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CollapseWarning)
             for line in path.read_text().splitlines():
-                if line.strip():
-                    record = json.loads(line)
+                record = json.loads(line) if line.strip() else {}
+                if "teacher_entropy" in record:  # not an epoch with only kNN scores
                     self.update(record["epoch"], record["teacher_entropy"],
                                 record.get("mean_entropy"))

@@ -77,3 +77,11 @@ def test_blur_sigma_is_dinos_scaled_to_the_crop_size_unless_set():
 def test_blur_can_be_turned_off():
     crops = crop_config(replace(get_preset("cifar10"), blur=False))
     assert crops.blur_p == (0.0, 0.0, 0.0)
+
+
+def test_knn_is_logged_even_in_epochs_without_a_log_step(tmp_path, one_thread):
+    cfg = tiny_config(tmp_path, epochs=2, knn_every=1, log_every=100)  # 4 steps per epoch
+    result = train(cfg, progress=False)
+    records = epoch_records(result["run_dir"])
+    assert [r["epoch"] for r in records if "knn_teacher" in r] == [0, 1]
+    assert "teacher_entropy" in records[-1]  # the last step is always a log step
