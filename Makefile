@@ -38,13 +38,13 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab
 
 bench: $(STAMP)
-	$(BIN)/python -m minidino.bench augment
-	$(BIN)/python -m minidino.bench train
+	$(BIN)/python -m tools.bench augment
+	$(BIN)/python -m tools.bench train
 
 # On a machine with one CUDA GPU and CIFAR-10 as one folder per class in $(CIFAR_DIR):
 CIFAR_DIR ?= data/cifar10-folder/train
 bench-gpu: $(STAMP)
-	PYTHONUNBUFFERED=1 $(BIN)/python -m minidino.gpu_check --data-path $(CIFAR_DIR)
+	PYTHONUNBUFFERED=1 $(BIN)/python -m tools.gpu_check --data-path $(CIFAR_DIR)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -111,6 +111,12 @@ class DINOHead(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
+    def flops(self) -> float:
+        """Matrix-multiply FLOPs of the head for one feature vector (the MLP and the prototypes)."""
+        linears = [m for m in self.modules() if isinstance(m, nn.Linear)]
+        return 2 * (sum(m.in_features * m.out_features for m in linears)
+                    + self.last_layer.weight_v.shape[1] * self.out_dim)
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, in_dim) features -> (B, K) logits."""
         if x.ndim != 2 or x.shape[1] != self.in_dim:

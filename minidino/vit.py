@@ -190,6 +190,18 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self._init_weights()
 
+    def forward_flops(self, size: int) -> float:
+        """Matrix-multiply FLOPs of one forward pass of a (size x size) image: the patch
+        embedding, then per block and token 2 * 12 D^2 (qkv 3D^2, projection D^2, MLP 8D^2 at
+        mlp_ratio 4) and attention's 4 T^2 D per block. Norms and GELUs are not counted."""
+        patches = (size // self.patch_size) ** 2
+        tokens = patches + self.num_prefix_tokens  # T
+        mlp_ratio = self.blocks[0].mlp.fc1.out_features / self.embed_dim
+        per_token = 2 * (4 + 2 * mlp_ratio) * self.embed_dim**2
+        embed = 2 * patches * self.patch_embed.proj.in_channels * self.patch_size**2 * \
+            self.embed_dim
+        return embed + self.depth * (tokens * per_token + 4 * tokens**2 * self.embed_dim)
+
     def _init_weights(self) -> None:
         """DINO's init: truncated normal (std 0.02) for embeddings and Linear weights; biases 0."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

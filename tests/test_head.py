@@ -193,3 +193,13 @@ def test_multicrop_single_tensor_and_errors() -> None:
         model([])
     with pytest.raises(ValueError, match=r"crops\[1\]"):
         model([x, torch.randn(3, 8, 8)])
+
+
+def test_head_flops_match_torchs_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    head = DINOHead(96, 300, hidden_dim=64, bottleneck_dim=32)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        head(torch.randn(1, 96))
+    assert head.flops() == counter.get_total_flops()

@@ -343,3 +343,18 @@ def test_qkv_without_bias_builds_and_has_no_bias_parameters():
     keys = model.state_dict().keys()
     assert "blocks.0.attn.qkv.weight" in keys and "blocks.0.attn.qkv.bias" not in keys
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, model.embed_dim)
+
+
+@pytest.mark.parametrize(("size", "n_registers"), [(32, 0), (16, 4)])
+def test_forward_flops_match_torchs_flop_counter(size, n_registers, monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def attention_by_hand(q, k, v, **kwargs):  # the counter sees these two matmuls
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1) @ v
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", attention_by_hand)
+    model = VIT_FACTORIES["vit_nano"](patch_size=8, depth=2, n_registers=n_registers).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    assert model.forward_flops(size) == counter.get_total_flops()

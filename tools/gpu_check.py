@@ -1,6 +1,6 @@
 """A prepared GPU check: benchmarks, then a short CIFAR-10 training sized to a time budget.
 
-    python -m minidino.gpu_check --data-path cifar10/train --train-seconds 240
+    python -m tools.gpu_check --data-path cifar10/train --train-seconds 240
 
 1. multi-crop images/s on the GPU (batched) against the per-image pipeline on one CPU core;
 2. the training step for `cpu-demo` and `cifar10`: model only, device path, DataLoader path,
@@ -18,11 +18,11 @@ from dataclasses import replace
 
 import torch
 
-from minidino.bench import main as bench_main
-from minidino.bench_train import bench_training, format_rows
 from minidino.config import get_preset
 from minidino.evaluate import knn_top1
 from minidino.train import load_splits, train
+from tools.bench import main as bench_main
+from tools.bench_train import bench_training, format_rows
 
 
 def main(argv: list[str] | None = None) -> None:

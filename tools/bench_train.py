@@ -19,29 +19,22 @@ import torch
 from minidino.batches import DeviceBatches, LoaderBatches
 from minidino.config import TrainConfig
 from minidino.data import TensorImageDataset
-from minidino.step import build_backbone, build_parts, train_step
+from minidino.step import build_parts, build_student, train_step
 from minidino.train import crop_config
 
 # Dense bf16 tensor-core peaks (FLOP/s) used for MFU; unknown GPUs report no MFU.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "T4": 65e12}
 
 
-def training_flops_per_image(cfg: TrainConfig, embed_dim: int, depth: int) -> float:
+def training_flops_per_image(cfg: TrainConfig) -> float:
     """Matmul FLOPs of one image's training step: student forward+backward (3x forward) on every
-    crop, teacher forward on the 2 global crops, heads included; attention counted as 4*T^2*D."""
-
-    def vit_forward(size: int) -> float:
-        tokens = (size // cfg.patch_size) ** 2 + 1 + cfg.n_registers
-        patch = 2 * (size // cfg.patch_size) ** 2 * (3 * cfg.patch_size**2) * embed_dim
-        per_block = 2 * tokens * 12 * embed_dim**2 + 4 * tokens**2 * embed_dim
-        return patch + depth * per_block
-
-    head = 2 * (embed_dim * cfg.hidden_dim + cfg.hidden_dim**2 + cfg.hidden_dim
-                * cfg.bottleneck_dim + cfg.bottleneck_dim * cfg.out_dim)
-    glob = vit_forward(cfg.global_size) + head
-    local = vit_forward(cfg.local_size) + head
-    student = 3 * (2 * glob + cfg.n_local_crops * local)
-    return student + 2 * glob
+    crop, teacher forward on the 2 global crops, heads included (see `forward_flops` in
+    minidino/vit.py and `DINOHead.flops` in minidino/head.py)."""
+    student = build_student(cfg)
+    backbone, head = student.backbone, student.head
+    glob = backbone.forward_flops(cfg.global_size) + head.flops()
+    local = backbone.forward_flops(cfg.local_size) + head.flops()
+    return 3 * (2 * glob + cfg.n_local_crops * local) + 2 * glob
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -94,8 +87,7 @@ def bench_training(cfg: TrainConfig, device: torch.device, steps: int = 20, warm
                                        cfg.batch_size, crop_config(cfg), 0, device, num_workers)
         cases.append((f"end to end, DataLoader ({num_workers} workers)",
                       lambda: endless(loader_batches)))
-    backbone = build_backbone(cfg)
-    flops = training_flops_per_image(cfg, backbone.embed_dim, backbone.depth)
+    flops = training_flops_per_image(cfg)
     peak = next((v for k, v in PEAK_BF16.items()
                  if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
     for name, make in cases:

@@ -1,4 +1,4 @@
-"""Benchmarks that print a table: `python -m minidino.bench <subcommand>`.
+"""Benchmarks that print a table: `python -m tools.bench <subcommand>`.
 
 Each subcommand measures a speed against a baseline run in the same process on the same input,
 and prints the ratio, because on a shared machine absolute numbers move by +-20% from run to
@@ -7,7 +7,7 @@ run while a ratio measured within one run moves much less.
 Subcommands:
   augment   multi-crop augmentation: per-image torchvision pipeline vs batched tensor ops.
   train     the training step: model only, end to end on the device path and on the
-            DataLoader path (see minidino/bench_train.py).
+            DataLoader path (see tools/bench_train.py).
 
 Add a subcommand by writing `bench_<name>(args)` and registering it in `build_parser`.
 """
@@ -82,9 +82,9 @@ def bench_train(args: argparse.Namespace) -> None:
     """images/s of the training step for each preset: model only, device path, DataLoader."""
     from dataclasses import replace
 
-    from minidino.bench_train import bench_training, format_rows
     from minidino.config import get_preset
     from minidino.train import pick_device
+    from tools.bench_train import bench_training, format_rows
 
     device = pick_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
@@ -102,7 +102,7 @@ def bench_train(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m minidino.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("augment", help="per-image vs batched multi-crop augmentation")
