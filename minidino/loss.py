@@ -229,8 +229,10 @@ def teacher_temp_schedule(
     """Teacher temperature per step, (total_steps,) float64.
 
     Linear from ``warmup_teacher_temp`` to ``teacher_temp`` over the first ``warmup_steps``
-    steps (both ends included), then constant ``teacher_temp``. DINO warms 0.04 -> 0.07 when
-    training long: a too-sharp teacher early on can make training unstable.
+    steps (both ends included), then constant ``teacher_temp``. DINO starts sharp and softens,
+    0.04 -> 0.07 over 30 epochs when training long. The official code gives the reason: a
+    temperature that is too high at the start makes training unstable (a soft teacher lets the
+    centering pull every output to uniform), and above about 0.07 most runs are unstable.
     """
     _check_temp("warmup_teacher_temp", warmup_teacher_temp)
     _check_temp("teacher_temp", teacher_temp)

@@ -2,7 +2,8 @@
 
 Each preset is a full `TrainConfig`; the command line overrides any field of it. The DINO presets
 come first; `ibot-cifar10` adds iBOT's masked patch prediction to `cifar10`, and `dinov2-cifar10`
-adds the rest of DINOv2's recipe on top: KoLeo, Sinkhorn-Knopp centering, registers, LayerScale.
+adds the rest of DINOv2's recipe on top (KoLeo, Sinkhorn-Knopp centering, LayerScale) and the
+registers of its follow-up paper (Darcet et al., 2023).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ PRESETS: dict[str, TrainConfig] = {
         ibot_center_momentum=0.9, ibot_loss_weight=1.0, run_name="ibot-cifar10",
     ),
     # DINOv2's recipe on `cifar10`: iBOT, KoLeo (0.1), Sinkhorn-Knopp targets for both losses,
-    # 4 registers and LayerScale (1e-5); teacher temperatures warm up 0.04 -> 0.07 as in DINOv2.
+    # LayerScale (1e-5) and 4 registers (Darcet et al.); teacher temperatures warm up 0.04 -> 0.07
+    # as in DINOv2.
     "dinov2-cifar10": replace(
         _CIFAR10, ibot=True, mask_ratio=(0.1, 0.5), mask_prob=0.5, koleo_weight=0.1,
         centering="sinkhorn", n_registers=4, layerscale=1e-5, teacher_temp=0.07,
