@@ -171,3 +171,22 @@ class MultiCropWrapper(nn.Module):
             features.append(out)
             start = end
         return self.head(torch.cat(features))  # (sum_i B, K)
+
+
+def cancel_last_layer_gradients(
+    model: nn.Module, epoch: int, freeze_last_layer_epochs: int
+) -> None:
+    """Drop the gradients of the head's ``last_layer`` while epoch < freeze_last_layer_epochs.
+
+    Why: at the start the prototypes are random and the backbone's features move fast; DINO
+    keeps the prototypes (the weight-normalised last layer) fixed during the first epoch, which
+    it found stabilises training.
+
+    Call between ``loss.backward()`` and ``optimizer.step()``: parameters whose grad is None are
+    skipped by the optimizer, so the prototypes stay where they started.
+    """
+    if epoch >= freeze_last_layer_epochs:
+        return
+    for name, param in model.named_parameters():
+        if "last_layer" in name:
+            param.grad = None

@@ -27,55 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minidino.sinkhorn import sinkhorn_knopp
-from minidino.teacher import cosine_schedule
 
 CENTERINGS = ("center", "sinkhorn")
-
-
-def _check_temp(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name}={value!r} must be > 0")
-
-
-def _check_momentum(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value!r} must be in [0, 1]")
-
-
-def _check_shapes(
-    student_out: Tensor, teacher_out: Tensor, center: Tensor, n_global_crops: int
-) -> tuple[int, int]:
-    """Check the three inputs agree; return (B, n_crops)."""
-    if n_global_crops < 1:
-        raise ValueError(f"n_global_crops={n_global_crops} must be >= 1")
-    if teacher_out.ndim != 2:
-        raise ValueError(
-            f"teacher_out has shape {tuple(teacher_out.shape)}; expected (n_global_crops * B, K)"
-        )
-    G, K = n_global_crops, teacher_out.shape[1]
-    if K < 2:
-        raise ValueError(f"out_dim (K)={K} must be >= 2")
-    if teacher_out.shape[0] == 0 or teacher_out.shape[0] % G != 0:
-        raise ValueError(
-            f"teacher_out has {teacher_out.shape[0]} rows; expected "
-            f"n_global_crops * B = {G} * B with B >= 1"
-        )
-    B = teacher_out.shape[0] // G
-    if student_out.ndim != 2 or student_out.shape[1] != K or student_out.shape[0] % B != 0:
-        raise ValueError(
-            f"student_out has shape {tuple(student_out.shape)}; expected "
-            f"(n_crops * B, K) with B={B}, K={K} (from teacher_out)"
-        )
-    n_crops = student_out.shape[0] // B
-    if n_crops < max(G, 2):
-        raise ValueError(
-            f"student_out holds n_crops={n_crops} crops of B={B}; it needs at "
-            f"least max(n_global_crops={G}, 2): the student sees the global crops "
-            "too, and the loss compares two different crops"
-        )
-    if tuple(center.shape) not in ((1, K), (K,)):
-        raise ValueError(f"center has shape {tuple(center.shape)}; expected (1, K) = (1, {K})")
-    return B, n_crops
 
 
 def dino_loss(
@@ -98,12 +51,20 @@ def dino_loss(
     Returns:
         scalar loss (float32); no gradient flows into ``teacher_out``.
     """
-    _check_temp("student_temp", student_temp)
-    _check_temp("teacher_temp", teacher_temp)
+    check_temperature("student_temp", student_temp)
+    check_temperature("teacher_temp", teacher_temp)
     _check_shapes(student_out, teacher_out, center, n_global_crops)
+    return cross_view_loss(student_out, centred_targets(teacher_out, center, teacher_temp),
+                           student_temp, n_global_crops)
+
+
+def centred_targets(teacher_out: Tensor, center: Tensor, teacher_temp: float) -> Tensor:
+    """The teacher's targets: softmax((teacher_out - center) / teacher_temp), no gradient.
+
+    teacher_out: (G * B, K) logits; center: (1, K). Returns (G * B, K) float32 probabilities.
+    """
     teacher_logits = (teacher_out.detach().float() - center.float()) / teacher_temp
-    p_t = F.softmax(teacher_logits, dim=-1)  # (G * B, K), the targets
-    return cross_view_loss(student_out, p_t, student_temp, n_global_crops)
+    return F.softmax(teacher_logits, dim=-1)  # (G * B, K)
 
 
 def cross_view_loss(student_out: Tensor, teacher_probs: Tensor, student_temp: float,
@@ -112,8 +73,8 @@ def cross_view_loss(student_out: Tensor, teacher_probs: Tensor, student_temp: fl
 
     student_out: (n_crops * B, K) logits; teacher_probs: (n_global_crops * B, K), rows sum to 1
     (centred-and-sharpened softmax, or Sinkhorn-Knopp targets). Returns a float32 scalar.
+    Shapes are not checked here: `dino_loss` and `DINOLoss` check them once.
     """
-    _check_temp("student_temp", student_temp)
     G, K = n_global_crops, teacher_probs.shape[1]
     B = teacher_probs.shape[0] // G
     n_crops = student_out.shape[0] // B
@@ -157,19 +118,8 @@ class DINOLoss(nn.Module):
         centering: str = "center",
     ) -> None:
         super().__init__()
-        if centering not in CENTERINGS:
-            raise ValueError(f"centering={centering!r} is not one of {CENTERINGS}")
-        if out_dim < 2:
-            raise ValueError(f"out_dim (K)={out_dim} must be >= 2")
-        if n_global_crops < 1:
-            raise ValueError(f"n_global_crops={n_global_crops} must be >= 1")
-        if n_crops < max(n_global_crops, 2):
-            raise ValueError(
-                f"n_crops={n_crops} must be >= n_global_crops={n_global_crops} "
-                "and >= 2 (the loss compares two different crops)"
-            )
-        _check_temp("student_temp", student_temp)
-        _check_momentum("center_momentum", center_momentum)
+        _check_arguments(out_dim, n_crops, student_temp, center_momentum, n_global_crops,
+                         centering)
         self.out_dim = out_dim
         self.n_crops = n_crops
         self.n_global_crops = n_global_crops
@@ -190,16 +140,15 @@ class DINOLoss(nn.Module):
                 f"n_crops={self.n_crops}; expected shape (n_crops * B, K) = "
                 f"({self.n_crops * teacher_out.shape[0] // self.n_global_crops}, {self.out_dim})"
             )
+        check_temperature("teacher_temp", teacher_temp)
         if self.centering == "sinkhorn":
             targets = sinkhorn_knopp(teacher_out, teacher_temp)  # (G * B, K)
-            loss = cross_view_loss(student_out, targets, self.student_temp, self.n_global_crops)
         else:
-            loss = dino_loss(student_out, teacher_out, self.center, self.student_temp,
-                             teacher_temp, self.n_global_crops)
-        self.update_center(teacher_out)
+            targets = centred_targets(teacher_out, self.center, teacher_temp)  # (G * B, K)
+        loss = cross_view_loss(student_out, targets, self.student_temp, self.n_global_crops)
+        self._update_center(teacher_out)  # shapes checked above
         return loss
 
-    @torch.no_grad()
     def update_center(self, teacher_out: Tensor) -> None:
         """center <- m * center + (1 - m) * mean of teacher_out rows (over all processes).
 
@@ -210,6 +159,10 @@ class DINOLoss(nn.Module):
                 f"teacher_out has shape {tuple(teacher_out.shape)}; expected "
                 f"(rows, out_dim={self.out_dim})"
             )
+        self._update_center(teacher_out)
+
+    @torch.no_grad()
+    def _update_center(self, teacher_out: Tensor) -> None:
         batch_sum = teacher_out.float().sum(dim=0, keepdim=True)  # (1, K)
         n_rows = teacher_out.shape[0]
         if dist.is_available() and dist.is_initialized():
@@ -220,22 +173,61 @@ class DINOLoss(nn.Module):
         self.center.mul_(m).add_(batch_center, alpha=1.0 - m)  # (1, K)
 
 
-def teacher_temp_schedule(
-    warmup_teacher_temp: float,
-    teacher_temp: float,
-    warmup_steps: int,
-    total_steps: int,
-) -> Tensor:
-    """Teacher temperature per step, (total_steps,) float64.
+# ------------------------------------------------------------------------ input checks
+def check_temperature(name: str, value: float) -> None:
+    """A softmax temperature must be > 0 (it divides the logits)."""
+    if not value > 0:
+        raise ValueError(f"{name}={value!r} must be > 0")
 
-    Linear from ``warmup_teacher_temp`` to ``teacher_temp`` over the first ``warmup_steps``
-    steps (both ends included), then constant ``teacher_temp``. DINO starts sharp and softens,
-    0.04 -> 0.07 over 30 epochs when training long. The official code gives the reason: a
-    temperature that is too high at the start makes training unstable (a soft teacher lets the
-    centering pull every output to uniform), and above about 0.07 most runs are unstable.
-    """
-    _check_temp("warmup_teacher_temp", warmup_teacher_temp)
-    _check_temp("teacher_temp", teacher_temp)
-    # a "cosine" from teacher_temp to itself is constant: only the linear warm-up remains
-    return cosine_schedule(teacher_temp, teacher_temp, total_steps, warmup_steps,
-                           start_warmup_value=warmup_teacher_temp)  # (total_steps,)
+
+def _check_arguments(out_dim: int, n_crops: int, student_temp: float, center_momentum: float,
+                     n_global_crops: int, centering: str) -> None:
+    """The arguments of `DINOLoss`."""
+    if centering not in CENTERINGS:
+        raise ValueError(f"centering={centering!r} is not one of {CENTERINGS}")
+    if out_dim < 2:
+        raise ValueError(f"out_dim (K)={out_dim} must be >= 2")
+    if n_global_crops < 1:
+        raise ValueError(f"n_global_crops={n_global_crops} must be >= 1")
+    if n_crops < max(n_global_crops, 2):
+        raise ValueError(f"n_crops={n_crops} must be >= n_global_crops={n_global_crops} "
+                         "and >= 2 (the loss compares two different crops)")
+    check_temperature("student_temp", student_temp)
+    if not 0.0 <= center_momentum <= 1.0:
+        raise ValueError(f"center_momentum={center_momentum!r} must be in [0, 1]")
+
+
+def _check_shapes(
+    student_out: Tensor, teacher_out: Tensor, center: Tensor, n_global_crops: int
+) -> tuple[int, int]:
+    """Check the three inputs agree; return (B, n_crops)."""
+    if n_global_crops < 1:
+        raise ValueError(f"n_global_crops={n_global_crops} must be >= 1")
+    if teacher_out.ndim != 2:
+        raise ValueError(
+            f"teacher_out has shape {tuple(teacher_out.shape)}; expected (n_global_crops * B, K)"
+        )
+    G, K = n_global_crops, teacher_out.shape[1]
+    if K < 2:
+        raise ValueError(f"out_dim (K)={K} must be >= 2")
+    if teacher_out.shape[0] == 0 or teacher_out.shape[0] % G != 0:
+        raise ValueError(
+            f"teacher_out has {teacher_out.shape[0]} rows; expected "
+            f"n_global_crops * B = {G} * B with B >= 1"
+        )
+    B = teacher_out.shape[0] // G
+    if student_out.ndim != 2 or student_out.shape[1] != K or student_out.shape[0] % B != 0:
+        raise ValueError(
+            f"student_out has shape {tuple(student_out.shape)}; expected "
+            f"(n_crops * B, K) with B={B}, K={K} (from teacher_out)"
+        )
+    n_crops = student_out.shape[0] // B
+    if n_crops < max(G, 2):
+        raise ValueError(
+            f"student_out holds n_crops={n_crops} crops of B={B}; it needs at "
+            f"least max(n_global_crops={G}, 2): the student sees the global crops "
+            "too, and the loss compares two different crops"
+        )
+    if tuple(center.shape) not in ((1, K), (K,)):
+        raise ValueError(f"center has shape {tuple(center.shape)}; expected (1, K) = (1, {K})")
+    return B, n_crops

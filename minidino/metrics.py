@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from minidino.loss import check_temperature
+
 
 def entropy(p: Tensor, dim: int = -1) -> Tensor:
     """Shannon entropy in nats, -sum p log p along `dim`, with 0 log 0 = 0.
@@ -30,11 +32,6 @@ def entropy(p: Tensor, dim: int = -1) -> Tensor:
     p: probabilities, e.g. (B, K) -> returns (B,). Zeros give 0, never NaN.
     """
     return -torch.xlogy(p, p).sum(dim)
-
-
-def _check_temp(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name}={value} must be > 0")
 
 
 @torch.no_grad()
@@ -83,8 +80,8 @@ def collapse_metrics(
             f"student_out has {len(student_out)} rows; it must be a multiple of B={B} and at "
             f"least the {len(teacher_out)} rows of teacher_out"
         )
-    _check_temp("teacher_temp", teacher_temp)
-    _check_temp("student_temp", student_temp)
+    check_temperature("teacher_temp", teacher_temp)
+    check_temperature("student_temp", student_temp)
 
     t = (teacher_out.float() - center.float().reshape(1, K)) / teacher_temp  # (n_global*B, K)
     s = student_out[: len(teacher_out)].float() / student_temp  # (n_global*B, K)

@@ -24,16 +24,12 @@ from torch import Tensor, nn
 
 from minidino.config import TrainConfig
 from minidino.distributed import is_distributed, rank, rank_seed, wrap_ddp
-from minidino.head import DINOHead, MultiCropWrapper
+from minidino.head import DINOHead, MultiCropWrapper, cancel_last_layer_gradients
 from minidino.ibot import IBOTLoss, IBOTOutput, IBOTWrapper, block_masks
 from minidino.koleo import koleo_loss
-from minidino.loss import DINOLoss, teacher_temp_schedule
-from minidino.teacher import (
-    build_teacher,
-    cancel_last_layer_gradients,
-    cosine_schedule,
-    ema_update_,
-)
+from minidino.loss import DINOLoss
+from minidino.schedules import Schedules
+from minidino.teacher import build_teacher, ema_update_
 from minidino.vit import VIT_FACTORIES, VisionTransformer
 
 
@@ -68,33 +64,6 @@ def param_groups(model: nn.Module) -> list[dict[str, Any]]:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-@dataclass
-class Schedules:
-    """Per-step values of everything that changes during training."""
-
-    lr: Tensor  # (total_steps,)
-    weight_decay: Tensor
-    teacher_momentum: Tensor
-    teacher_temp: Tensor
-    ibot_teacher_temp: Tensor  # the patch loss's, with the same warm-up
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, steps_per_epoch: int) -> Schedules:
-        total = cfg.epochs * steps_per_epoch
-        peak_lr = cfg.lr * cfg.batch_size / 256  # the linear scaling rule
-        return cls(
-            lr=cosine_schedule(peak_lr, cfg.min_lr, total, cfg.warmup_epochs * steps_per_epoch),
-            weight_decay=cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, total),
-            teacher_momentum=cosine_schedule(cfg.teacher_momentum, 1.0, total),
-            teacher_temp=teacher_temp_schedule(cfg.warmup_teacher_temp, cfg.teacher_temp,
-                                               cfg.warmup_teacher_temp_epochs * steps_per_epoch,
-                                               total),
-            ibot_teacher_temp=teacher_temp_schedule(
-                cfg.warmup_teacher_temp, cfg.ibot_teacher_temp,
-                cfg.warmup_teacher_temp_epochs * steps_per_epoch, total),
-        )
 
 
 @dataclass

@@ -284,28 +284,39 @@ class VisionTransformer(nn.Module):
         return outputs
 
 
-def _make(defaults: dict, patch_size: int, img_size: int, kwargs: dict) -> VisionTransformer:
+# (embed_dim D, depth, num_heads) of each size; any of them can be overridden by keyword.
+VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "vit_nano": (96, 4, 3),  # CPU-sized
+    "vit_tiny": (192, 12, 3),  # ViT-Ti, 5.5M parameters
+    "vit_small": (384, 12, 6),  # ViT-S, 22M parameters (DINO's ViT-S/16 and ViT-S/8)
+    "vit_base": (768, 12, 12),  # ViT-B, 86M parameters
+}
+
+
+def _make(name: str, patch_size: int, img_size: int, kwargs: dict) -> VisionTransformer:
+    embed_dim, depth, num_heads = VIT_SIZES[name]
+    defaults = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
     return VisionTransformer(patch_size=patch_size, img_size=img_size, **{**defaults, **kwargs})
 
 
 def vit_nano(patch_size: int = 8, img_size: int = 32, **kwargs) -> VisionTransformer:
     """CPU-sized ViT: D=96, depth 4, 3 heads (any argument can be overridden)."""
-    return _make(dict(embed_dim=96, depth=4, num_heads=3), patch_size, img_size, kwargs)
+    return _make("vit_nano", patch_size, img_size, kwargs)
 
 
 def vit_tiny(patch_size: int = 16, img_size: int = 224, **kwargs) -> VisionTransformer:
     """ViT-Ti: D=192, depth 12, 3 heads, 5.5M parameters."""
-    return _make(dict(embed_dim=192, depth=12, num_heads=3), patch_size, img_size, kwargs)
+    return _make("vit_tiny", patch_size, img_size, kwargs)
 
 
 def vit_small(patch_size: int = 16, img_size: int = 224, **kwargs) -> VisionTransformer:
     """ViT-S: D=384, depth 12, 6 heads, 22M parameters (DINO's ViT-S/16 and ViT-S/8)."""
-    return _make(dict(embed_dim=384, depth=12, num_heads=6), patch_size, img_size, kwargs)
+    return _make("vit_small", patch_size, img_size, kwargs)
 
 
 def vit_base(patch_size: int = 16, img_size: int = 224, **kwargs) -> VisionTransformer:
     """ViT-B: D=768, depth 12, 12 heads, 86M parameters."""
-    return _make(dict(embed_dim=768, depth=12, num_heads=12), patch_size, img_size, kwargs)
+    return _make("vit_base", patch_size, img_size, kwargs)
 
 
 VIT_FACTORIES: dict[str, Callable[..., VisionTransformer]] = {

@@ -241,8 +241,8 @@ def test_world_size_one_and_even_splits_pass() -> None:
 
 def test_the_config_knows_the_shapes_difficulties_and_the_arch_sizes(monkeypatch) -> None:
     from minidino import vit
-    from minidino.config import ARCH_SIZES
     from minidino.shapes import SHAPES_STYLES
+    from minidino.vit import VIT_SIZES as ARCH_SIZES
 
     assert set(DIFFICULTIES) == set(SHAPES_STYLES)
     built: dict[str, int] = {}

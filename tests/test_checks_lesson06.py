@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from minidino import checks
 from minidino.checks import CheckFailed
 from minidino.checks.lesson06_loop import reference_clip_gradients_, reference_lr_schedule
+from minidino.head import cancel_last_layer_gradients as reference_cancel
 from minidino.step import train_step as reference_train_step
-from minidino.teacher import cancel_last_layer_gradients as reference_cancel
 from minidino.teacher import ema_update_
 
 

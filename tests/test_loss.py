@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minidino.loss import DINOLoss, dino_loss, teacher_temp_schedule
+from minidino.loss import DINOLoss, dino_loss
+from minidino.schedules import teacher_temp_schedule
 
 SETTINGS = settings(max_examples=20, deadline=None)
 

@@ -10,12 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from minidino.teacher import (
-    build_teacher,
-    cancel_last_layer_gradients,
-    cosine_schedule,
-    ema_update_,
-)
+from minidino.head import cancel_last_layer_gradients
+from minidino.schedules import cosine_schedule
+from minidino.teacher import build_teacher, ema_update_
 
 SETTINGS = settings(max_examples=20, deadline=None)
 

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from minidino.checks._core import expect, expect_close, run_check
+from minidino.schedules import cosine_schedule
 from minidino.teacher import build_teacher as minidino_build_teacher
-from minidino.teacher import cosine_schedule, ema_update_
+from minidino.teacher import ema_update_
 
 __all__ = ["build_teacher", "ema_update", "momentum_schedule"]
 

@@ -12,10 +12,10 @@ from torch import Tensor, nn
 
 from minidino.checks._core import expect, expect_close, fail, run_check
 from minidino.config import fast_config, get_preset
+from minidino.head import cancel_last_layer_gradients as reference_cancel
+from minidino.schedules import cosine_schedule
 from minidino.step import build_parts
 from minidino.step import train_step as reference_train_step
-from minidino.teacher import cancel_last_layer_gradients as reference_cancel
-from minidino.teacher import cosine_schedule
 
 __all__ = ["lr_schedule", "clip_gradients_", "cancel_last_layer_gradients", "train_step"]
 
