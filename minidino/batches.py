@@ -6,6 +6,12 @@
 - Loader path: larger folder datasets go through a `DataLoader` whose workers run the per-image
   `PerImageMultiCrop` pipeline.
 
+`choose_data_mode` picks one for data_mode="auto": the device path whenever the images fit
+comfortably in memory as uint8 (a quarter of the free RAM, and of the GPU's on CUDA), which is
+every dataset of CIFAR's size and most folders of small images. The loader path never hangs: a
+worker that dies (killed, out of memory, a crash in a transform) or sends nothing for
+WORKER_TIMEOUT_S stops the run at once with a `DataLoaderWorkerError` that says what to try.
+
 Both yield, for every step, a list of `2 + n_local_crops` tensors `(B, 3, S, S)`: the global crops
 first, then the local crops. The order of images in an epoch depends only on `(seed, epoch)`, so a
 resumed run sees the same batches as an uninterrupted one.
@@ -16,8 +22,11 @@ same permutation and takes its own slice of each global batch, `batch_size / wor
 
 from __future__ import annotations
 
-import itertools
+import os
+import signal
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +34,74 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from minidino.augment import BatchedMultiCrop, MultiCropConfig, PerImageMultiCrop, collate_crops
+from minidino.data import (
+    WORKER_TIMEOUT_S,
+    DataLoaderWorkerError,
+    cpu_cores,
+    worker_failure_message,
+)
 from minidino.distributed import per_rank_batch, rank_seed
+
+MEMORY_SHARE = 0.25  # "auto": the device path when the images take at most this much free memory
+MAX_WORKERS = 16  # num_workers=None: one DataLoader worker per CPU core, at most this many
+
+
+def free_ram() -> int:
+    """Bytes of RAM this process can still take: Linux's MemAvailable, capped by a container's
+    memory limit (cgroup v2); elsewhere, half the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f
+                        if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+            return 4 * 2**30
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def free_memory(device: torch.device, in_ram: bool = False) -> dict[str, int]:
+    """Free bytes of each memory the device path would fill: RAM (this process's share when
+    torchrun starts several on the machine), unless the images are in RAM already, and the
+    GPU's memory on CUDA."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    free = {} if in_ram else {"RAM": free_ram() // local_processes}
+    if device.type == "cuda":
+        free["GPU memory"] = torch.cuda.mem_get_info(device)[0]
+    return free
+
+
+def choose_data_mode(n_images: int, image_size: int, free: dict[str, int]) -> tuple[str, str]:
+    """The path for data_mode="auto", and why in words: "device" when `n_images` uint8 images
+    (3, image_size, image_size) take at most MEMORY_SHARE of each memory in `free` (its free
+    bytes, see `free_memory`), else "loader"."""
+    need = n_images * 3 * image_size**2
+    size = f"{n_images:,} images of 3x{image_size}x{image_size} uint8 take {_bytes(need)}"
+    for where, nbytes in free.items():
+        if need > MEMORY_SHARE * nbytes:
+            return "loader", (f"{size}, over {MEMORY_SHARE:.0%} of the free {where} "
+                              f"({_bytes(nbytes)})")
+    if not free:
+        return "device", f"{size} and are in memory already"
+    within = " and of the free ".join(f"{where} ({_bytes(b)})" for where, b in free.items())
+    return "device", f"{size}, under {MEMORY_SHARE:.0%} of the free {within}"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
+def default_num_workers() -> int:
+    """DataLoader workers when num_workers is None: one per CPU core of this process (see
+    `cpu_cores`), less one for the training loop itself, at most MAX_WORKERS."""
+    return min(MAX_WORKERS, cpu_cores() - 1)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
@@ -93,46 +169,100 @@ class _Transformed(Dataset):
 
 
 class _EpochSampler(torch.utils.data.Sampler[int]):
-    """This rank's images of every full global batch of the epoch, in order."""
+    """This rank's images of every full global batch of the epoch from step `start`, in order."""
 
     def __init__(self, n: int, seed: int, batch_size: int, rank: int, world: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
         self.batch_size, self.rank, self.world = batch_size, rank, world
         self.steps = n // batch_size
 
     def __iter__(self) -> Iterator[int]:
         order = epoch_permutation(self.n, self.seed, self.epoch)  # (n,)
-        return iter(torch.cat([rank_slice(order, it, self.batch_size, self.rank, self.world)
-                               for it in range(self.steps)]).tolist())
+        shares = [rank_slice(order, it, self.batch_size, self.rank, self.world)
+                  for it in range(self.start, self.steps)]  # each (B / world,)
+        return iter([i for share in shares for i in share.tolist()])
 
     def __len__(self) -> int:
-        return self.steps * (self.batch_size // self.world)
+        return (self.steps - self.start) * (self.batch_size // self.world)
+
+
+def _explain_worker_deaths() -> None:
+    """Make the error for a dead worker say what to try, wherever it is raised.
+
+    A DataLoader with workers installs a SIGCHLD handler (once per process) that raises a
+    RuntimeError in the main thread, wherever it is, as soon as a worker dies. Wrap it, once.
+    """
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        return  # no SIGCHLD (Windows), or not the main thread: errors still reach `epoch`
+    torch_handler = signal.getsignal(signal.SIGCHLD)
+    if not callable(torch_handler) or getattr(torch_handler, "explains_worker_deaths", False):
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        try:
+            torch_handler(signum, frame)
+        except RuntimeError as err:
+            raise DataLoaderWorkerError(worker_failure_message(err)) from err
+
+    handler.explains_worker_deaths = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGCHLD, handler)
 
 
 class LoaderBatches:
-    """A DataLoader whose workers run the per-image multi-crop pipeline (this rank's share)."""
+    """A DataLoader whose workers run the per-image multi-crop pipeline (this rank's share).
+
+    num_workers: worker processes; None: `default_num_workers()`. They live as long as the
+    run (persistent), and batches are pinned on CUDA for a faster, asynchronous copy.
+    """
 
     def __init__(self, dataset: Dataset, batch_size: int, crops: MultiCropConfig, seed: int,
-                 device: torch.device, num_workers: int = 2, rank: int = 0,
+                 device: torch.device, num_workers: int | None = None, rank: int = 0,
                  world: int = 1) -> None:
         n = len(dataset)  # type: ignore[arg-type]
         if batch_size > n:
             raise ValueError(f"batch_size={batch_size} is larger than the dataset ({n} images)")
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be >= 0, or None for one per core")
         self.local_batch = per_rank_batch(batch_size, world)
         self.sampler = _EpochSampler(n, seed, batch_size, rank, world)
         self.device = device
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.loader = DataLoader(
             _Transformed(dataset, PerImageMultiCrop(crops)), batch_size=self.local_batch,
-            sampler=self.sampler, num_workers=num_workers, collate_fn=collate_crops,
+            sampler=self.sampler, num_workers=self.num_workers, collate_fn=collate_crops,
             drop_last=True, pin_memory=device.type == "cuda",
-            persistent_workers=num_workers > 0,
+            persistent_workers=self.num_workers > 0,
+            timeout=WORKER_TIMEOUT_S if self.num_workers > 0 else 0,  # every wait is bounded
         )
         self.steps_per_epoch = n // batch_size
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[list[Tensor]]:
-        self.sampler.epoch = epoch
-        for crops, _labels in itertools.islice(self.loader, start, None):
+        """Yield the crops of each step of `epoch`, starting at step `start` within it. A worker
+        that dies, fails or sends nothing for WORKER_TIMEOUT_S raises DataLoaderWorkerError."""
+        self.sampler.epoch, self.sampler.start = epoch, start
+        batches = iter(self.loader)
+        if self.num_workers > 0:
+            _explain_worker_deaths()  # torch's SIGCHLD handler is in place now
+        while True:
+            try:
+                crops, _labels = next(batches)
+            except StopIteration:
+                return
+            except Exception as err:  # from a worker: a RuntimeError, or OSError, EOFError, ...
+                if self.num_workers == 0:
+                    raise  # the dataset's own error, raised in this process
+                self._stop_workers(batches)
+                if isinstance(err, DataLoaderWorkerError):
+                    raise
+                raise DataLoaderWorkerError(worker_failure_message(err)) from err
             yield [c.to(self.device, non_blocking=True) for c in crops]
+
+    def _stop_workers(self, batches: Any) -> None:
+        """End the remaining workers now, not at exit; a next epoch would start new ones."""
+        shutdown = getattr(batches, "_shutdown_workers", None)  # what torch calls on cleanup
+        if shutdown is not None:
+            shutdown()
+        self.loader._iterator = None  # the persistent iterator, now without workers
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -16,13 +16,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-ARCHS = ("vit_nano", "vit_tiny", "vit_small", "vit_base")
-ARCH_SIZES = {"vit_nano": (96, 4, 3), "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6),
-              "vit_base": (768, 12, 12)}  # (embed_dim, depth, num_heads) of each factory
-DATASETS = ("shapes", "cifar10", "cifar100", "imagenette", "folder")
+from minidino.loss import CENTERINGS  # DINO's running center, or DINOv2's Sinkhorn-Knopp
+from minidino.vit import VIT_SIZES
+
+ARCHS = tuple(VIT_SIZES)  # vit_nano, vit_tiny, vit_small, vit_base
+DATASETS = ("shapes", "scenes", "cifar10", "cifar100", "imagenette", "folder")
 DIFFICULTIES = ("easy", "medium", "hard")  # the built-in shapes' styles
 DEVICES, DATA_PATHS = ("auto", "cpu", "cuda", "mps"), ("auto", "device", "loader")
-CENTERINGS = ("center", "sinkhorn")  # DINO's running center, or DINOv2's Sinkhorn-Knopp
 
 
 def fast_mode() -> bool:
@@ -42,8 +42,9 @@ class TrainConfig:
     difficulty: str = "easy"  # built-in shapes only
     n_train: int | None = None  # use only the first n_train training images
     image_size: int = 32  # images are held (or resized) at this size
-    data_mode: str = "auto"  # device: resident uint8 tensors + batched crops; loader: DataLoader
-    num_workers: int = 2
+    data_mode: str = "auto"  # device: resident uint8 images + batched crops; loader: DataLoader;
+    # auto: device when the images fit in a quarter of the free memory (RAM, and GPU on CUDA)
+    num_workers: int | None = None  # DataLoader workers; None: one per CPU core, less one (<= 16)
     # model
     arch: str = "vit_tiny"
     patch_size: int = 4
@@ -176,7 +177,7 @@ def _validate(c: TrainConfig) -> None:
                  "depth", "num_heads", "max_steps", "n_train", "n_eval", "ibot_out_dim"):
         need(getattr(c, name) is None or getattr(c, name) > 0, name, "must be a positive integer"
              + (" or None" if _FIELD_TYPES[name][1] else ""))
-    width, _, heads = ARCH_SIZES[c.arch]
+    width, _, heads = VIT_SIZES[c.arch]
     need((c.embed_dim or width) % (c.num_heads or heads) == 0, "num_heads",
          f"must divide embed_dim={c.embed_dim or width} ({c.arch}: {width} wide, {heads} heads)")
     for name in ("out_dim", "ibot_out_dim"):  # None (ibot_out_dim: out_dim) passes
@@ -207,9 +208,11 @@ def _validate(c: TrainConfig) -> None:
     need(0 <= c.drop_path < 1, "drop_path", "must lie in [0, 1)")
     for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "n_local_crops",
                  "warmup_epochs", "warmup_teacher_temp_epochs", "freeze_last_layer",
-                 "n_registers", "knn_every", "num_workers", "seed", "collapse_patience",
+                 "n_registers", "knn_every", "seed", "collapse_patience",
                  "ibot_loss_weight", "koleo_weight"):
         need(getattr(c, name) >= 0, name, "must be >= 0")
+    need(c.num_workers is None or c.num_workers >= 0, "num_workers",
+         "must be >= 0 (0: no worker processes), or None for one per CPU core")
     for name in ("warmup_epochs", "warmup_teacher_temp_epochs"):
         need(getattr(c, name) <= c.epochs, name, f"at most epochs={c.epochs}")
     need(c.n_train is None or c.n_train >= c.batch_size, "n_train",

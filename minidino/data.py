@@ -7,7 +7,7 @@ What you get back is a `DatasetSplit`:
 - small datasets (shapes, CIFAR) are held in memory as one uint8 tensor `images` (N, 3, H, W), so
   training can keep them on the GPU and augment whole batches there;
 - larger ones (ImageNette, a folder) are read lazily from disk through `dataset`, which returns
-  (PIL image, label); `to_tensor_images` turns such a split into a resident tensor when it fits.
+  (PIL image, label); `make_resident` decodes such a split once into `images` when it fits.
 
 CIFAR and ImageNette come from `torchvision.datasets`, the same download code everyone uses. When
 a dataset is missing, the error says where it looked and the one command that downloads it.
@@ -15,6 +15,7 @@ a dataset is missing, the error says where it looked and the one command that do
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +31,22 @@ from tqdm.auto import tqdm
 
 from minidino.config import DATASETS
 from minidino.folder import SPLITS, BadImageWarning, ImageFolderDataset, load_folder
+from minidino.scenes import ScenesDataset
 from minidino.shapes import ShapesDataset
 
 __all__ = ["DATASETS", "SPLITS", "BadImageWarning", "DatasetSplit", "ImageFolderDataset",
-           "TensorImageDataset", "download", "load_dataset", "subset_indices", "to_tensor_images"]
+           "DataLoaderWorkerError", "TensorImageDataset", "cpu_cores", "download", "load_dataset",
+           "make_resident", "subset_indices", "to_tensor_images"]
 
 _EXTRA_KWARGS = {"shapes": {"difficulty", "n_images", "seed"}, "cifar10": set(), "cifar100": set(),
-                 "imagenette": {"size", "resident"}, "folder": {"scan", "holdout", "resident"}}
+                 "imagenette": {"size", "resident"}, "folder": {"scan", "holdout", "resident"},
+                 "scenes": {"style", "n_images", "seed"}}
 _TORCHVISION = {"cifar10": ("CIFAR10", "cifar-10-batches-py", "170 MB"),
                 "cifar100": ("CIFAR100", "cifar-100-python", "170 MB"),
                 "imagenette": ("Imagenette", "imagenette2-160", "100 MB")}
+LOAD_BATCH = 256  # images per task of a loading process (one message each, not one per image)
+LOAD_PARALLEL_FROM = 2000  # images from which `to_tensor_images` starts worker processes
+WORKER_TIMEOUT_S = 300.0  # no batch from the DataLoader workers for this long: they are stuck
 
 
 @dataclass
@@ -49,7 +56,8 @@ class DatasetSplit:
     images: uint8 (N, 3, H, W) when the whole split is held in memory, else None
     labels: int64 (N,) class indices into `classes`
     dataset: a torch Dataset whose items are (PIL image or uint8 tensor (3, H, W), label)
-    masks: bool (N, H, W) object masks (the built-in shapes only), else None
+    masks: bool (N, H, W) object masks (the built-in shapes and scenes), else None; a scene's
+        instance ids are in `dataset.instances` (uint8 (N, H, W), 0 = background)
     """
 
     images: Tensor | None
@@ -87,27 +95,79 @@ class ResizeCrop:
         return center_crop(resize(image, self.size, antialias=True), [self.size, self.size])
 
 
-def to_tensor_images(dataset: Dataset, image_size: int, num_workers: int = 0,
+def cpu_cores() -> int:
+    """The CPU cores this process may use (its affinity, as in a container or under `taskset`),
+    shared equally among the processes torchrun starts on this machine (LOCAL_WORLD_SIZE)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def to_tensor_images(dataset: Dataset, image_size: int, num_workers: int | None = None,
                      progress: bool = True) -> Tensor:
     """Load every image of `dataset` (items (PIL image or uint8 tensor, label)), resize its
     shorter side to `image_size`, centre-crop, and stack: uint8 (N, 3, image_size, image_size).
-    For a folder with unreadable files, `scan()` it first so that images and labels stay aligned.
+
+    num_workers: processes that decode the images, in batches of LOAD_BATCH; None: one per CPU
+    core for LOAD_PARALLEL_FROM images or more, else none (starting processes costs more than
+    decoding a few images). A worker that dies raises DataLoaderWorkerError. A folder's
+    unreadable files are flagged (`dataset.bad`) and their places hold a neighbour's image:
+    `make_resident` drops them, as `scan()` does.
     """
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size={image_size!r} must be a positive int")
     n = len(dataset)  # type: ignore[arg-type]
+    if num_workers is None:
+        num_workers = cpu_cores() if n >= LOAD_PARALLEL_FROM and cpu_cores() > 1 else 0
     out = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
-    loader = DataLoader(_AsTensor(dataset, image_size), batch_size=None, num_workers=num_workers)
-    for i, image in enumerate(tqdm(loader, total=n, desc="loading images", disable=not progress)):
-        out[i] = image  # (3, S, S)
+    loader = DataLoader(_AsTensor(dataset, image_size), batch_size=LOAD_BATCH,
+                        num_workers=num_workers, timeout=WORKER_TIMEOUT_S if num_workers else 0)
+    first = 0
+    with tqdm(total=n, desc="loading images into memory", unit="img", disable=not progress) as bar:
+        try:
+            for batch in loader:  # (b, 3, S, S)
+                out[first:first + len(batch)] = batch
+                first += len(batch)
+                bar.update(len(batch))
+        except Exception as err:
+            if not num_workers or isinstance(err, DataLoaderWorkerError):
+                raise
+            raise DataLoaderWorkerError(worker_failure_message(err)) from err
     return out
+
+
+class DataLoaderWorkerError(RuntimeError):
+    """A DataLoader worker process died, failed or got stuck; the message says what to try."""
+
+
+def worker_failure_message(err: BaseException) -> str:
+    """One line: what happened to the worker, what usually causes it, what to try. (An error
+    raised in a worker arrives with the worker's whole traceback: its last line is the error.)"""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    what = lines[-1] if lines else type(err).__name__
+    return (f"a data-loading worker died or failed ({what}); the usual causes are too little "
+            "memory (RAM, or shared memory: see df -h /dev/shm, and Docker's --shm-size) or an "
+            "image file that crashes the decoder; try --num-workers 0 or --data-mode device, "
+            "and continue from the checkpoint of the last completed epoch with --resume auto")
+
+
+def make_resident(split: DatasetSplit, image_size: int, progress: bool = True,
+                  num_workers: int | None = None) -> DatasetSplit:
+    """Decode every image of a split read from disk once, at `image_size`, into `split.images`
+    (uint8 (N, 3, S, S)), with several processes when the CPU has them. A folder's unreadable
+    files are reported once each and dropped from its samples and `labels`. Returns `split`."""
+    images = to_tensor_images(split.dataset, image_size, num_workers, progress)
+    if isinstance(split.dataset, ImageFolderDataset) and split.dataset.bad:
+        keep = split.dataset.drop_bad()  # (N,) bool
+        images, split.labels = images[keep], split.labels[keep]
+    split.images = images
+    return split
 
 
 class _AsTensor(Dataset):
     """The images of `dataset` as uint8 tensors (3, size, size), for `to_tensor_images`."""
 
     def __init__(self, dataset: Dataset, size: int) -> None:
-        self.dataset, self.resize_crop = dataset, ResizeCrop(size)
+        self.dataset, self.size, self.resize_crop = dataset, size, ResizeCrop(size)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -116,7 +176,9 @@ class _AsTensor(Dataset):
         image = self.dataset[i][0]
         if isinstance(image, Image.Image):
             image = pil_to_tensor(image.convert("RGB"))  # (3, h, w) uint8
-        return self.resize_crop(image)  # (3, size, size) uint8
+        if image.shape[-2:] != (self.size, self.size):
+            image = self.resize_crop(image)
+        return image  # (3, size, size) uint8
 
 
 # ---------------------------------------------------------------- torchvision datasets
@@ -152,12 +214,13 @@ def _torchvision(name: str, split: str, root: Path, download: bool, size: str = 
 
 
 def download(name: str, root: str | Path = "data") -> None:
-    """Download dataset `name` into `root` (both splits). The built-in shapes need nothing."""
+    """Download dataset `name` into `root` (both splits). The built-in shapes and scenes need
+    nothing."""
     if name not in DATASETS:
         raise ValueError(f"name={name!r} is not a dataset; available: {', '.join(DATASETS)}")
     if name == "folder":
         raise ValueError("name='folder' is your own images: there is nothing to download")
-    if name != "shapes":
+    if name not in ("shapes", "scenes"):
         for split in ("train", "test"):
             _torchvision(name, split, Path(root).expanduser(), download=True)
 
@@ -165,7 +228,7 @@ def download(name: str, root: str | Path = "data") -> None:
 def load_dataset(name: str, split: str = "train", root: str | Path = "data",
                  download: bool = True, image_size: int | None = None,
                  path: str | Path | None = None, on_bad_file: str = "skip",
-                 **kwargs: Any) -> DatasetSplit:
+                 progress: bool = True, **kwargs: Any) -> DatasetSplit:
     """Load one split of dataset `name` (one of DATASETS).
 
     split: "train", or "test"/"val" for the held-out split (ImageNette calls it "val").
@@ -175,7 +238,9 @@ def load_dataset(name: str, split: str = "train", root: str | Path = "data",
     kwargs: shapes: difficulty, n_images, seed; imagenette: size ("160px", "320px", "full"),
     resident; folder: scan (check every file now), holdout (fraction held out when the folder
     has no train/val/test sub-folders, default 0.1), resident. resident=True loads a lazy split
-    into `images` with `to_tensor_images` (needs image_size).
+    into `images` with `make_resident` (needs image_size; a progress bar unless `progress` is
+    False). The built-in scenes (`minidino.scenes`, drawn at image_size like the shapes) take
+    style, n_images, seed.
     """
     if name not in DATASETS:
         raise ValueError(f"name={name!r} is not a dataset; available: {', '.join(DATASETS)}")
@@ -197,6 +262,9 @@ def load_dataset(name: str, split: str = "train", root: str | Path = "data",
     if name == "shapes":
         shapes = ShapesDataset(held_out, image_size=image_size or 32, **kwargs)
         return DatasetSplit(shapes.images, shapes.labels, shapes.classes, shapes, shapes.masks)
+    if name == "scenes":
+        scenes = ScenesDataset(held_out, image_size=image_size or 32, **kwargs)
+        return DatasetSplit(scenes.images, scenes.labels, scenes.classes, scenes, scenes.masks)
 
     if name in ("cifar10", "cifar100"):
         tv = _torchvision(name, split, root, download)
@@ -218,13 +286,12 @@ def load_dataset(name: str, split: str = "train", root: str | Path = "data",
         classes = [names[0] for names in tv.classes]  # each class is a tuple of synonyms
         dataset: Dataset = tv
     else:
-        kwargs["scan"] = kwargs.get("scan", False) or resident  # keep images and labels aligned
         dataset = load_folder(path, split, on_bad_file, **kwargs)
         dataset.transform = transform
         labels = torch.tensor(dataset.targets, dtype=torch.int64)
         classes = dataset.classes
-    images = to_tensor_images(dataset, image_size) if resident else None
-    return DatasetSplit(images, labels, classes, dataset)
+    loaded = DatasetSplit(None, labels, classes, dataset)
+    return make_resident(loaded, image_size, progress) if resident else loaded
 
 
 def subset_indices(n_total: int, n: int | None, seed: int = 0) -> Tensor:

@@ -18,16 +18,25 @@ Only rank 0 prints, logs and writes checkpoints; the run folder must be on a fil
 every node sees when resuming a multi-node run.
 
 Without torchrun (WORLD_SIZE unset or 1) none of this is active and a run is unchanged.
+
+No rank waits forever: every collective gives up after TIMEOUT_S (env MINIDINO_DIST_TIMEOUT, in
+seconds; torch's defaults are 10 to 30 minutes), and a rank that fails aborts the process group
+on its way out instead of waiting for the others in a clean goodbye. Its sockets close, the
+others' collectives fail, and torchrun stops the remaining ranks within seconds.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+TIMEOUT_S = float(os.environ.get("MINIDINO_DIST_TIMEOUT", "300"))  # bound of every collective
 
 
 def is_distributed() -> bool:
@@ -64,12 +73,22 @@ def init_distributed(device: torch.device) -> tuple[torch.device, bool]:
         raise ValueError(f"device={device.type!r}: multi-process training runs on CUDA or CPU")
     if dist.is_initialized():
         return device, False
-    dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo",
+                            timeout=timedelta(seconds=TIMEOUT_S))
     return device, True
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group. Called in a `finally:` while an error (not a Ctrl-C or SIGTERM,
+    where every rank stops together) is on its way out, it aborts the group instead: a clean
+    destroy could wait on collectives that the other ranks will now never finish."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    error = sys.exc_info()[1]
+    abort = getattr(dist.distributed_c10d, "_abort_process_group", None)  # experimental API
+    if error is not None and not isinstance(error, KeyboardInterrupt) and abort is not None:
+        abort()
+    else:
         dist.destroy_process_group()
 
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from minidino.augment_batched import IMAGENET_MEAN, IMAGENET_STD, normalize
 from minidino.config import TrainConfig
-from minidino.data import DatasetSplit, subset_indices, to_tensor_images
+from minidino.data import DatasetSplit, make_resident, subset_indices
 
 
 def _cls_feature(out: Tensor) -> Tensor:
@@ -309,8 +309,8 @@ def _eval_images(train_split: DatasetSplit, test_split: DatasetSplit, cfg: Train
     each as uint8 images (N, 3, H, W) with their labels (N,). Folder datasets are loaded here,
     with a progress bar unless `progress` is False."""
     for split in (train_split, test_split):
-        if split.images is None:
-            split.images = to_tensor_images(split.dataset, cfg.image_size, progress=progress)
+        if split.images is None:  # decoded once (unreadable folder files dropped), kept
+            make_resident(split, cfg.image_size, progress, cfg.num_workers)
     bank = subset_indices(train_split.images.shape[0], cfg.n_train, cfg.seed)  # (N,)
     queries = subset_indices(test_split.images.shape[0], cfg.n_eval, cfg.seed)  # (M,)
     return (train_split.images[bank], train_split.labels[bank],

@@ -95,14 +95,20 @@ class ImageFolderDataset(Dataset):
 
     def scan(self, progress: bool = False) -> list[Path]:
         """Open every file now; drop and return the unreadable ones (each reported once)."""
-        ok = [self._open(j) is not None
-              for j in tqdm(range(len(self.samples)), desc="scanning", disable=not progress)]
-        if not any(ok):
-            raise ValueError(f"no file under {str(self.root)!r} could be read as an image")
-        dropped = [p for (p, _), good in zip(self.samples, ok, strict=True) if not good]
-        self.samples = [s for s, good in zip(self.samples, ok, strict=True) if good]
-        self._reset_bad_flags()  # the kept files are all readable
+        for j in tqdm(range(len(self.samples)), desc="scanning", disable=not progress):
+            self._open(j)
+        dropped = [self.samples[j][0] for j in self._bad_flags.nonzero().flatten().tolist()]
+        self.drop_bad()
         return dropped
+
+    def drop_bad(self) -> torch.Tensor:
+        """Drop the samples found unreadable so far; return which of them were kept, bool (N,)."""
+        keep = self._bad_flags == 0  # (N,)
+        if not keep.any():
+            raise ValueError(f"no file under {str(self.root)!r} could be read as an image")
+        self.samples = [s for s, good in zip(self.samples, keep.tolist(), strict=True) if good]
+        self._reset_bad_flags()  # the kept files are all readable
+        return keep
 
 
 def _class_folders(root: Path) -> list[str]:

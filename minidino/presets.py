@@ -41,7 +41,7 @@ PRESETS: dict[str, TrainConfig] = {
         dataset="imagenette", arch="vit_small", patch_size=16, image_size=144, out_dim=65536,
         global_size=128, local_size=64, n_local_crops=6, global_scale=(0.4, 1.0),
         local_scale=(0.05, 0.4), epochs=100, batch_size=128, warmup_epochs=10,
-        data_mode="loader", run_name="imagenette",
+        run_name="imagenette",
     ),
     # iBOT on `cifar10`: half the images of each global crop get 10-50% of their 64 patches
     # masked in blocks; one head maps CLS and patch tokens (iBOT found sharing it works best).

@@ -21,7 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from minidino.augment import MultiCropConfig, small_image_config
-from minidino.batches import DeviceBatches, LoaderBatches
+from minidino.batches import DeviceBatches, LoaderBatches, choose_data_mode, free_memory
 from minidino.checkpoint import (
     GracefulStop,
     resume_state,
@@ -30,11 +30,12 @@ from minidino.checkpoint import (
     set_rng_state,
 )
 from minidino.config import TrainConfig, check_world_size
-from minidino.data import DatasetSplit, load_dataset, subset_indices
+from minidino.data import DatasetSplit, load_dataset, make_resident, subset_indices
 from minidino.distributed import (
     all_reduce_mean,
     any_rank,
     barrier,
+    broadcast_object,
     gather_objects,
     init_distributed,
     is_main,
@@ -74,38 +75,59 @@ def crop_config(cfg: TrainConfig) -> MultiCropConfig:
                    solarize_p=(0.0, cfg.solarize_p, 0.0))
 
 
-def load_splits(cfg: TrainConfig) -> tuple[DatasetSplit, DatasetSplit]:
-    """The training split and the held-out split used for kNN evaluation."""
+def load_splits(cfg: TrainConfig, progress: bool = True) -> tuple[DatasetSplit, DatasetSplit]:
+    """The training split and the held-out split used for kNN evaluation. With
+    data_mode="device", images read from disk (a folder, ImageNette) are decoded once into
+    memory by `cfg.num_workers` processes (a progress bar unless `progress` is False); with
+    "auto", `make_batches` decides."""
     kwargs: dict[str, Any] = {"root": cfg.data_root, "image_size": cfg.image_size}
     if cfg.dataset == "shapes":
         kwargs["difficulty"] = cfg.difficulty
     if cfg.dataset == "folder":
         kwargs["path"] = cfg.data_path
-    if cfg.dataset in ("folder", "imagenette") and cfg.data_mode == "device":
-        kwargs["resident"] = True  # decode and resize every image once, keep them as uint8
     train = load_dataset(cfg.dataset, split="train", **kwargs)
     test = load_dataset(cfg.dataset, split="test", **kwargs)
+    if cfg.data_mode == "device":
+        for split in (train, test):
+            if split.images is None:  # decoded once, kept as uint8
+                make_resident(split, cfg.image_size, progress, cfg.num_workers)
     return train, test
 
 
-def make_batches(cfg: TrainConfig, train: DatasetSplit, device: torch.device):
-    crops = crop_config(cfg)
-    chosen = subset_indices(len(train.labels), cfg.n_train, cfg.seed)  # (N,)
-    images = train.images[chosen] if train.images is not None else None
+def make_batches(cfg: TrainConfig, train: DatasetSplit, device: torch.device,
+                 progress: bool = True) -> DeviceBatches | LoaderBatches:
+    """The batches of a run on `train`: `DeviceBatches` (images held on the device, crops made
+    there in batches) or `LoaderBatches` (a DataLoader's workers crop image by image).
+
+    data_mode="auto" takes the device path when the images fit comfortably in memory
+    (`choose_data_mode`), decoding a split read from disk into `train.images` first (once, by
+    `cfg.num_workers` processes, a progress bar unless `progress` is False), and prints which
+    path it took and why. Under torchrun every rank takes rank 0's choice."""
     mode = cfg.data_mode
     if mode == "auto":
-        mode = "device" if images is not None else "loader"
+        free = free_memory(device, in_ram=train.images is not None)
+        mode, why = broadcast_object(choose_data_mode(len(train), cfg.image_size, free))
+    if mode == "device" and train.images is None:
+        make_resident(train, cfg.image_size, progress, cfg.num_workers)  # drops bad files
+    crops = crop_config(cfg)
+    chosen = subset_indices(len(train.labels), cfg.n_train, cfg.seed)  # (N,)
     if mode == "device":
-        if images is None:
-            raise ValueError(f"data_mode='device' needs a dataset held in memory; "
-                             f"dataset={cfg.dataset!r} is read from disk, use data_mode='loader'")
-        return DeviceBatches(images, cfg.batch_size, crops, cfg.seed, device, rank(),
-                             world_size())
-    dataset = train.dataset
-    if cfg.n_train is not None:
-        dataset = torch.utils.data.Subset(dataset, chosen.tolist())
-    return LoaderBatches(dataset, cfg.batch_size, crops, cfg.seed, device, cfg.num_workers,
-                         rank(), world_size())
+        batches: DeviceBatches | LoaderBatches = DeviceBatches(
+            train.images[chosen], cfg.batch_size, crops, cfg.seed, device, rank(), world_size())
+    else:
+        dataset = train.dataset
+        if cfg.n_train is not None:
+            dataset = torch.utils.data.Subset(dataset, chosen.tolist())
+        batches = LoaderBatches(dataset, cfg.batch_size, crops, cfg.seed, device,
+                                cfg.num_workers, rank(), world_size())
+    if cfg.data_mode == "auto" and is_main():
+        if isinstance(batches, DeviceBatches):
+            path = "the device path"
+        else:
+            n = batches.num_workers
+            path = f"the DataLoader path with {n} worker{'' if n == 1 else 's'}"
+        print(f"minidino: data_mode='auto' took {path}: {why}")
+    return batches
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
@@ -144,9 +166,9 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
     resume_from, state = resume_state(resume, run_dir, device)  # before the data: fail fast
 
     if train_split is None or (test_split is None and cfg.knn_every > 0):
-        loaded_train, loaded_test = load_splits(cfg)
+        loaded_train, loaded_test = load_splits(cfg, progress)
         train_split, test_split = train_split or loaded_train, test_split or loaded_test
-    batches = make_batches(cfg, train_split, device)
+    batches = make_batches(cfg, train_split, device, progress)
     steps_per_epoch = batches.steps_per_epoch
     parts = build_parts(cfg, steps_per_epoch, device)
     student, teacher, loss_fn, optimizer = parts.student, parts.teacher, parts.loss_fn, \

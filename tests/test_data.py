@@ -353,7 +353,7 @@ def test_shapes_through_load_dataset() -> None:
 
 
 @pytest.mark.parametrize("kwargs, error, words", [
-    ({"name": "mnist"}, ValueError, "name='mnist'.*shapes, cifar10, cifar100, imagenette, folder"),
+    ({"name": "mnist"}, ValueError, "name='mnist'.*" + ", ".join(DATASETS)),
     ({"name": "shapes", "split": "validation"}, ValueError, "split='validation'"),
     ({"name": "shapes", "colour": "red"}, ValueError, r"\['colour'\].*'shapes'"),
     ({"name": "cifar10", "difficulty": "easy"}, ValueError, r"\['difficulty'\]"),
@@ -368,8 +368,9 @@ def test_bad_input_messages(kwargs, error, words) -> None:
 
 
 def test_download_bad_names(tmp_path) -> None:
-    assert set(DATASETS) == {"shapes", "cifar10", "cifar100", "imagenette", "folder"}
+    assert set(DATASETS) == {"shapes", "scenes", "cifar10", "cifar100", "imagenette", "folder"}
     download("shapes", tmp_path)  # built in: nothing to do
+    download("scenes", tmp_path)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="nothing to download"):
         download("folder", tmp_path)

@@ -4,8 +4,9 @@ The run is stopped mid-epoch by a SIGTERM that only rank 1 receives, then resume
 `--resume auto`. Checked: both ranks stop at the same step with one checkpoint, the resumed run
 completes with every step logged once; DDP keeps both ranks' students and teachers identical;
 the center is the mean over both ranks' teacher outputs; each rank trains on its own half of
-every global batch; only rank 0 logs and writes checkpoints. The sharding rules are also checked
-without processes.
+every global batch; only rank 0 logs and writes checkpoints. A DataLoader worker of one rank
+killed mid-epoch stops both ranks within seconds. The sharding rules are also checked without
+processes.
 """
 
 from __future__ import annotations
@@ -13,21 +14,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from test_fault_tolerance import children, loader_workers, wait_for_steps  # same folder
 
 from minidino.augment import small_image_config
 from minidino.batches import DeviceBatches, _EpochSampler, epoch_permutation, rank_slice
 from minidino.checkpoint import load_checkpoint
 from minidino.distributed import init_distributed, per_rank_batch, world_size
 
-# Run by every rank: the CLI, with train_step wrapped to check the center and the shards, and
-# to send SIGTERM to rank 1 alone during step STOP_AT.
+# Run by every rank: the CLI, with train_step wrapped to check the center and the shards, to
+# send SIGTERM to rank 1 alone during step STOP_AT, and to stall rank 1 before step HANG_AT.
 RANK_SCRIPT = """
-import os, signal, sys
+import os, signal, sys, time
 import torch
 import torch.distributed as dist
 import minidino.train as train_module
@@ -35,12 +40,15 @@ from minidino.__main__ import main
 
 out_dir, tag, rank = sys.argv[1], sys.argv[2], int(os.environ["RANK"])
 stop_at = int(os.environ.get("STOP_AT", "-1"))
+hang_at = int(os.environ.get("HANG_AT", "-1"))
 real_step, seen = train_module.train_step, {"center_error": 0.0}
 
 def checked_step(parts, crops, step):
     before = parts.loss_fn.center.clone()  # (1, K)
     if rank == 1 and step == stop_at:
         os.kill(os.getpid(), signal.SIGTERM)
+    if rank == 1 and step == hang_at:
+        time.sleep(8)  # stuck for longer than the collective timeout
     out = real_step(parts, crops, step)
     teacher_outs = [torch.empty_like(out["teacher_out"]) for _ in range(2)]
     dist.all_gather(teacher_outs, out["teacher_out"])  # each (2 * B/2, K)
@@ -62,13 +70,18 @@ torch.save({"rc": rc, "student": parts.student.state_dict(),
 """
 
 
-def torchrun(out, tag, *args, stop_at=-1):
+def torchrun_command(*args: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that run `args` in 2 CPU processes under torchrun."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(out / "rank_script.py"), str(out), tag, *args],
-        env={**env, "OMP_NUM_THREADS": "1", "STOP_AT": str(stop_at)}, capture_output=True,
-        text=True, timeout=300)
+    return ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+             "2", *args], {**env, "OMP_NUM_THREADS": "1"})
+
+
+def torchrun(out, tag, *args, stop_at=-1, hang_at=-1, **env_changes):
+    command, env = torchrun_command(str(out / "rank_script.py"), str(out), tag, *args)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**env, "STOP_AT": str(stop_at), "HANG_AT": str(hang_at),
+                               **env_changes})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [torch.load(out / f"{tag}{r}.pt", weights_only=False) for r in (0, 1)]
     return ranks, proc.stdout + proc.stderr
@@ -122,6 +135,37 @@ def test_each_rank_trains_on_its_own_half_of_the_batch_and_rank0_logs_alone(ddp_
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
     assert steps == list(range(8))  # each step once: 32 images / 8 per step x 2 epochs
     assert not list(run_dir.glob("*.tmp"))
+
+
+def test_a_killed_dataloader_worker_of_one_rank_stops_both_ranks_within_seconds(tmp_path):
+    command, env = torchrun_command(
+        "-m", "minidino", "train", "--fast", "--no-progress", "--out-dir", str(tmp_path),
+        "--run-name", "ddp", "--n-train", "32", "--batch-size", "8", "--depth", "1",
+        "--log-every", "1", "--epochs", "4", "--data-mode", "loader", "--num-workers", "2")
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for_steps(proc, tmp_path / "ddp", 6)  # 4 steps per epoch: inside epoch 1
+    ranks = children(proc.pid)
+    assert len(ranks) == 2, ranks
+    os.kill(loader_workers(ranks[-1])[0], signal.SIGKILL)  # one worker of one rank
+    killed_at = time.time()
+    _, stderr = proc.communicate(timeout=30)
+    assert time.time() - killed_at < 30 and proc.returncode != 0, stderr[-3000:]
+    assert not any(Path(f"/proc/{r}").exists() for r in ranks)  # both ranks have ended
+    died = [line for line in stderr.splitlines()
+            if line.startswith("minidino: error: a data-loading worker died or failed (")]
+    assert len(died) == 1 and "--num-workers 0" in died[0], stderr[-3000:]
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["step"] in (4, 8, 12)
+
+
+def test_a_rank_that_hangs_is_given_up_after_the_collective_timeout(tmp_path):
+    (tmp_path / "rank_script.py").write_text(RANK_SCRIPT)
+    t0 = time.time()
+    ranks, output = torchrun(tmp_path, "hang", hang_at=6, MINIDINO_DIST_TIMEOUT="2")
+    assert [r["rc"] for r in ranks] == [2, 2]  # both failed (and the script then saved)
+    assert "Timed out waiting 2000ms" in output  # rank 0, waiting for rank 1 in step 6
+    assert time.time() - t0 < 120
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["step"] == 4  # epoch 0's, kept
 
 
 def test_global_batch_split_into_disjoint_shards_covering_the_single_process_batch():

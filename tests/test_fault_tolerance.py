@@ -1,7 +1,10 @@
-"""Faults during training: SIGTERM and SIGINT mid-epoch, a truncated checkpoint, `--resume auto`.
+"""Faults during training: SIGTERM and SIGINT mid-epoch, a truncated checkpoint, `--resume auto`,
+a DataLoader worker killed mid-epoch.
 
 Every interrupted run is resumed and compared with one uninterrupted run of the same config: the
 metrics must hold each step once, with the same losses, and the final teacher the same weights.
+(After a killed worker the augmentations of the DataLoader path are drawn anew, so there only
+"each step once" is checked.)
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +39,28 @@ def config(out_dir, run_name):
 
 def metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def wait_for_steps(proc: subprocess.Popen, run_dir: Path, n: int, seconds: float = 240) -> None:
+    """Wait until the running `proc` has logged `n` steps to run_dir/metrics.jsonl."""
+    log, deadline = run_dir / "metrics.jsonl", time.time() + seconds
+    while time.time() < deadline and proc.poll() is None and (
+            not log.exists() or len(log.read_text().splitlines()) < n):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of process `pid`, read from /proc (Linux)."""
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+def loader_workers(pid: int) -> list[int]:
+    """The DataLoader workers of process `pid`: its children forked from it, which run the same
+    command line (unlike, say, a multiprocessing resource tracker)."""
+    command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return [c for c in children(pid) if Path(f"/proc/{c}/cmdline").read_bytes() == command]
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +95,7 @@ def test_sigterm_mid_epoch_writes_a_checkpoint_and_resume_auto_loses_no_step(
         [sys.executable, "-m", "minidino", "train", "--fast", "--no-progress", "--out-dir",
          str(tmp_path), "--run-name", "kill", *ARGS], env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
-    log, deadline = tmp_path / "kill" / "metrics.jsonl", time.time() + 240
-    while time.time() < deadline and proc.poll() is None and (
-            not log.exists() or len(log.read_text().splitlines()) < 2):
-        time.sleep(0.05)  # wait until two steps are logged: the run is inside epoch 0
+    wait_for_steps(proc, tmp_path / "kill", 2)  # the run is inside epoch 0
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr  # stopped on purpose, not crashed
@@ -149,3 +172,36 @@ def test_cli_resume_auto_and_a_missing_checkpoint(tmp_path):
 
     assert main(["train", "--fast", "--no-progress", "--out-dir", str(tmp_path),
                  "--resume", str(tmp_path / "nothing.pt")]) == 2
+
+
+def test_a_killed_dataloader_worker_stops_the_run_in_one_line_and_resume_auto_finishes(
+        tmp_path, split, one_thread):
+    """As the kernel's out-of-memory killer would: SIGKILL to a worker in the middle of epoch 1.
+    The run ends within seconds, with one line, keeping the checkpoint of epoch 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    loader = ["--data-mode", "loader", "--num-workers", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minidino", "train", "--fast", "--no-progress", "--out-dir",
+         str(tmp_path), "--run-name", "worker", *ARGS, "--epochs", "4", *loader], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "worker"
+    wait_for_steps(proc, run_dir, 10)  # 8 steps per epoch: inside epoch 1
+    workers = loader_workers(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGKILL)
+    killed_at = time.time()
+    _, stderr = proc.communicate(timeout=30)
+    assert time.time() - killed_at < 30 and proc.returncode == 2, stderr
+    assert len(stderr.splitlines()) == 1, stderr  # one line, no traceback
+    assert stderr.startswith("minidino: error: a data-loading worker died or failed (")
+    for advice in ("memory", "/dev/shm", "--num-workers 0", "--data-mode device", "--resume auto"):
+        assert advice in stderr
+    state = load_checkpoint(run_dir / "checkpoint.pt")  # of the last completed epoch
+    logged = [r["step"] for r in metrics(run_dir)]
+    assert state["step"] in (8, 16, 24) and state["step"] <= len(logged) < 32, logged
+    assert logged == list(range(len(logged)))
+
+    cfg = replace(config(tmp_path, "worker"), epochs=4, data_mode="loader", num_workers=0)
+    result = train(cfg, resume="auto", progress=False, train_split=split)  # as the line says
+    assert result["steps"] == 32
+    assert [r["step"] for r in metrics(run_dir)] == list(range(32))  # each step once
