@@ -1,0 +1,119 @@
+"""Baselines on the built-in scenes before any training: raw pixels, a random ViT, a centred blob.
+
+    python scripts/scene_baselines.py [--patch-size 4]
+
+Everything uses the `cpu-demo` preset (its ViT at its random initialisation, `initial_backbone`,
+and its evaluation sizes: 10,000 training images as the kNN memory bank, 1,000 held-out queries)
+on the built-in scenes and, for comparison, the built-in shapes it trains on today; with
+--patch-size, that preset with another patch size (4: an 8 x 8 grid of patches at 32 px):
+
+* kNN top-1 (k=20, T=0.07) of raw pixels (the normalised image as one vector) and of the random
+  ViT's CLS feature;
+* attention-mask IoU on 500 held-out images: per image, the best head's 60%-mass CLS attention
+  mask (upsampled to pixels) against the object mask (any object), as `minidino.compare`; a
+  centred blob (the 60%-mass mask of a centred Gaussian with sigma a quarter of the side, on the
+  same patch grid); and the whole image (IoU = the object's share of the image);
+* propagation J through a 12-frame video, frames 1-11: the random ViT's patch features; and
+  "frame 0 held still" (every frame predicted as the first mask), on the moving-shapes video of
+  `minidino.video` and on the scene video of `minidino.scene_video`.
+* brightness (the mean of R, G, B) of object and background pixels over the held-out split: mean
+  +- std of all pixels, and the mean over images of |object mean - background mean|.
+Nothing is trained. Prints two markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+from minidino.augment_batched import normalize
+from minidino.compare import attention_iou
+from minidino.config import get_preset
+from minidino.demo import initial_backbone
+from minidino.evaluate import knn_accuracy, knn_top1
+from minidino.propagation import evaluate_propagation, j_score
+from minidino.scene_video import make_scene_video
+from minidino.train import load_splits
+from minidino.video import make_video
+from minidino.viz import attention_mass_mask, mask_iou
+
+
+def pixel_knn(train_split, test_split, n_eval: int) -> float:
+    """kNN top-1 of raw pixels: each image (normalised as the ViT's input) as one vector."""
+    flat = lambda images: normalize(images).flatten(1)  # noqa: E731  (N, 3 H W)
+    result = knn_accuracy(flat(train_split.images), train_split.labels,
+                          flat(test_split.images[:n_eval]), test_split.labels[:n_eval],
+                          n_classes=len(train_split.classes))
+    return result["top1"]
+
+
+def blob_iou(masks: torch.Tensor, grid: int, keep: float = 0.6) -> float:
+    """IoU of a centred blob with masks (N, H, W): the `keep`-mass mask of a centred Gaussian
+    (sigma = a quarter of the side) on a grid x grid patch map, upsampled to pixels."""
+    centres = (torch.arange(grid) + 0.5) / grid - 0.5  # patch centres, side = 1
+    r2 = centres[:, None] ** 2 + centres[None, :] ** 2  # (grid, grid)
+    blob = attention_mass_mask(torch.exp(-r2 / (2 * 0.25 ** 2)).flatten(), keep)  # (grid^2,)
+    pixels = F.interpolate(blob.reshape(1, 1, grid, grid).float(), size=masks.shape[-2:],
+                           mode="nearest").bool().flatten()  # (H W,)
+    return float(mask_iou(pixels[None], masks.flatten(1).bool()).mean())
+
+
+def brightness(images: torch.Tensor, masks: torch.Tensor) -> list[str]:
+    """Object and background brightness: images uint8 (N, 3, H, W), masks bool (N, H, W)."""
+    grey, f = images.float().mean(1) / 255, masks.float()  # (N, H, W) each
+    per_image = ((grey * f).sum((1, 2)) / f.sum((1, 2)).clamp(min=1)
+                 - (grey * (1 - f)).sum((1, 2)) / (1 - f).sum((1, 2)).clamp(min=1))  # (N,)
+    on, off = grey[masks], grey[~masks]
+    return [f"{on.mean():.3f} +- {on.std():.3f}", f"{off.mean():.3f} +- {off.std():.3f}",
+            f"{per_image.abs().mean():.3f}"]
+
+
+def still_j(masks: torch.Tensor) -> float:
+    """J on frames 1.. of predicting every frame of masks (T, H, W) as the first one."""
+    return j_score(masks[:1].expand_as(masks[1:]), masks[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-iou", type=int, default=500, help="held-out images for the IoU")
+    parser.add_argument("--patch-size", type=int, default=None, help="default: the preset's")
+    args = parser.parse_args()
+    base = get_preset("cpu-demo")
+    base = replace(base, patch_size=args.patch_size or base.patch_size)
+    backbone = initial_backbone(base).eval()  # the same weights for both datasets
+    videos = {"shapes": make_video(n_frames=12, seed=0),
+              "scenes": make_scene_video(n_frames=12, seed=0)}  # both 96 px
+    rows, colours = {}, {}
+    for dataset in ("shapes", "scenes"):
+        cfg = replace(base, dataset=dataset)
+        train_split, test_split = load_splits(cfg)
+        knn = knn_top1(backbone, train_split, test_split, cfg, torch.device("cpu"),
+                       progress=False)
+        images, masks = test_split.images[:args.n_iou], test_split.masks[:args.n_iou]
+        frames, video_masks = videos[dataset][:2]  # (T, 3, H, W), (T, H, W)
+        rows[dataset] = [
+            f"{pixel_knn(train_split, test_split, cfg.n_eval):.1f}%", f"{knn['top1']:.1f}%",
+            f"{attention_iou(backbone, images, masks):.3f}",
+            f"{blob_iou(masks, cfg.image_size // cfg.patch_size):.3f}",
+            f"{masks.float().mean():.3f}",
+            f"{evaluate_propagation(backbone, frames, video_masks)['J']:.3f}",
+            f"{still_j(video_masks):.3f}"]
+        colours[dataset] = brightness(test_split.images, test_split.masks)
+    print(f"cpu-demo preset at random initialisation, patch {base.patch_size}")
+    print("| built-in | kNN pixels | kNN random ViT | IoU random ViT | IoU centred blob | "
+          "IoU whole image | J random ViT | J frame 0 held still |")
+    print("| --- |" + " ---: |" * 7)
+    for dataset, cells in rows.items():
+        print(f"| {dataset} | " + " | ".join(cells) + " |")
+    print("\n| built-in | object brightness | background brightness | per-image gap |")
+    print("| --- |" + " ---: |" * 3)
+    for dataset, cells in colours.items():
+        print(f"| {dataset} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
