@@ -25,9 +25,7 @@ def plot_training_curves(metrics_path: str | Path, out_dim: int) -> plt.Figure:
     top-1 per epoch, read from epochs.jsonl beside `metrics_path`."""
     records = read_jsonl(metrics_path)
     diag = [r for r in records if "teacher_entropy" in r]
-    epochs_path = Path(metrics_path).with_name("epochs.jsonl")
-    knn = [r for r in read_jsonl(epochs_path) if "knn_teacher" in r] if epochs_path.exists() \
-        else []
+    knn = knn_records(Path(metrics_path).parent)
     fig, axes = plt.subplots(1, 4 if knn else 3, figsize=(17 if knn else 13, 3.4))
     axes[0].plot([r["step"] for r in records], [r["loss"] for r in records], lw=0.8)
     axes[0].set(title="DINO loss", xlabel="step", ylabel="cross-entropy (nats)")
@@ -40,16 +38,26 @@ def plot_training_curves(metrics_path: str | Path, out_dim: int) -> plt.Figure:
     axes[2].plot(steps, [r["kl_teacher_student"] for r in diag])
     axes[2].set(title="KL(teacher || student)", xlabel="step", ylabel="nats")
     if knn:
-        epochs = [r["epoch"] + 1 for r in knn]  # scored after that many epochs
-        for who, style in (("teacher", "o-"), ("student", "s--")):
-            axes[3].plot(epochs, [r[f"knn_{who}"] for r in knn], style, label=who)
-        axes[3].set(title="kNN top-1 on held-out images", xlabel="epochs trained",
-                    ylabel="% correct")
-        axes[3].legend(fontsize=8)
+        draw_knn_curves(axes[3], knn)
     fig.suptitle("Training curves: the loss; the teacher's entropy (0 = one prototype, log K = "
                  "uniform); KL(teacher || student)" + ("; kNN accuracy" if knn else ""))
     fig.tight_layout()
     return fig
+
+
+def knn_records(run_dir: str | Path) -> list[dict]:
+    """The epochs of a run that were scored by kNN (`knn_every`), from its epochs.jsonl."""
+    path = Path(run_dir) / "epochs.jsonl"
+    return [r for r in read_jsonl(path) if "knn_teacher" in r] if path.exists() else []
+
+
+def draw_knn_curves(ax: plt.Axes, knn: list[dict]) -> None:
+    """The teacher's and the student's kNN top-1 against the epochs trained (DINO Fig. 6, left)."""
+    epochs = [r["epoch"] + 1 for r in knn]  # scored after that many epochs
+    for who, style in (("teacher", "o-"), ("student", "s--")):
+        ax.plot(epochs, [r[f"knn_{who}"] for r in knn], style, label=who)
+    ax.set(title="kNN top-1 on held-out images", xlabel="epochs trained", ylabel="% correct")
+    ax.legend(fontsize=8)
 
 
 @torch.no_grad()
