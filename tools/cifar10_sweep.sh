@@ -24,9 +24,11 @@ runs=(
   --run local-0.2-0.5 "--local-scale 0.2,0.5"
   --run head-1024 "--out-dim 1024 --hidden-dim 512"
   --run center-0.5 "--center-momentum 0.5"
+  --run drop-path-0 "--drop-path 0"
+  --run temp-warmup "--teacher-temp 0.07 --warmup-teacher-temp 0.04 --warmup-teacher-temp-epochs 5"
   --run sinkhorn "--centering sinkhorn"
   --run koleo "--koleo-weight 0.1"
-  --run temp-warmup "--teacher-temp 0.07 --warmup-teacher-temp 0.04 --warmup-teacher-temp-epochs 5"
+  --run ibot "--ibot true"
 )
 if [[ -n "${ONLY:-}" ]]; then runs=("${runs[@]:0:$((3 * ONLY))}"); fi
 
