@@ -158,154 +158,210 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
     check_world_size(cfg, world)
     run_dir = Path(cfg.out_dir) / cfg.run_name
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
-        fields = "\n".join(f"  {k} = {v!r}" for k, v in cfg.__dict__.items())
-        procs = f" x {world} processes" if world > 1 else ""
-        print(f"minidino: training on {device}{procs}; run folder {run_dir}; config:\n{fields}")
+        _open_run_folder(cfg, run_dir, device, world)
     resume_from, state = resume_state(resume, run_dir, device)  # before the data: fail fast
-
     if train_split is None or (test_split is None and cfg.knn_every > 0):
         loaded_train, loaded_test = load_splits(cfg, progress)
         train_split, test_split = train_split or loaded_train, test_split or loaded_test
     batches = make_batches(cfg, train_split, device, progress)
-    steps_per_epoch = batches.steps_per_epoch
-    parts = build_parts(cfg, steps_per_epoch, device)
-    student, teacher, loss_fn, optimizer = parts.student, parts.teacher, parts.loss_fn, \
-        parts.optimizer
-    sched = parts.schedules
-    total_steps = cfg.epochs * steps_per_epoch
-    last_step = min(total_steps, cfg.max_steps or total_steps)
-    ckpt_path = run_dir / "checkpoint.pt"
+    parts = build_parts(cfg, batches.steps_per_epoch, device)
+    steps_per_epoch = parts.steps_per_epoch
+    last_step = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)
     if main:  # what a sweep or a plot needs to know about the run's length
         (run_dir / "run.json").write_text(json.dumps(
-            {"steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+            {"steps_per_epoch": steps_per_epoch, "total_steps": cfg.epochs * steps_per_epoch,
              "last_step": last_step, "world_size": world, "device": str(device)}) + "\n")
+    start, epoch_diags = _resume(parts, batches, resume_from, state, run_dir, world)
 
-    start, epoch_diags = 0, []  # collapse diagnostics of this epoch's log steps
+    def score() -> dict[str, float]:
+        return knn_scores(parts, train_split, test_split, cfg, device)
+
+    step, stopping = start, False
+    with TrainingLog(parts, run_dir, start, last_step, epoch_diags, progress) as log, \
+            GracefulStop() as stopper:
+        while step < last_step and not stopping:
+            epoch, it = divmod(step, steps_per_epoch)
+            for crops in batches.epoch(epoch, start=it):
+                out = train_step(parts, crops, step)  # one step: the heart of it all
+                step += 1
+                log.after_step(step, out, images=crops[0].shape[0] * world)
+                stopping = any_rank(stopper.requested is not None)  # every process stops together
+                if stopping or step >= last_step:
+                    break
+            log.end_epoch(epoch, step, score)  # the epoch's line, kNN when it is due
+            _checkpoint(parts, batches, step, log.epoch_diags, run_dir / "checkpoint.pt")
+            if stopping:
+                raise KeyboardInterrupt(f"stopped by {stopper.requested or 'another process'} "
+                                        f"at step {step}; checkpoint written to "
+                                        f"{run_dir / 'checkpoint.pt'}; continue with --resume auto")
+    seconds = log.training_seconds()  # without the time spent on kNN
+    return {"student": parts.student, "teacher": parts.teacher, "run_dir": run_dir,
+            "steps": step, "seconds": seconds, "images_per_s": log.seen / max(seconds, 1e-9),
+            "config": cfg, "knn": log.knn}
+
+
+# --------------------------------------------------------------------- the stages of a run
+def _open_run_folder(cfg: TrainConfig, run_dir: Path, device: torch.device, world: int) -> None:
+    """Create the run folder, save the config there and print it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+    fields = "\n".join(f"  {k} = {v!r}" for k, v in cfg.__dict__.items())
+    procs = f" x {world} processes" if world > 1 else ""
+    print(f"minidino: training on {device}{procs}; run folder {run_dir}; config:\n{fields}")
+
+
+def _resume(parts: DINOParts, batches: DeviceBatches | LoaderBatches, resume_from: Path | None,
+            state: dict[str, Any], run_dir: Path, world: int) -> tuple[int, list[dict]]:
+    """Load a checkpoint's state into the run (nothing for a fresh run); return the step to
+    start from and the collapse diagnostics of the epoch it stopped in. The logs lose the
+    records after the checkpoint, so that no step is logged twice."""
+    start, epoch_diags = 0, []
     if resume_from is not None:
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        loss_fn.load_state_dict(state["loss"])
+        parts.student.load_state_dict(state["student"])
+        parts.teacher.load_state_dict(state["teacher"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        parts.loss_fn.load_state_dict(state["loss"])
         own = state["ranks"][rank()] if len(state.get("ranks", ())) == world else \
-            (state if main else None)  # another process count: ranks > 0 keep their own seeds
+            (state if is_main() else None)  # another process count: ranks > 0 keep their seeds
         if own is not None:
             batches.load_state_dict(own["batches"])
             set_rng_state(own["rng"])
         start, epoch_diags = state["step"], state.get("epoch_diags", [])
-        if main:
+        if is_main():
             print(f"minidino: resumed from {resume_from} at step {start}")
-    if main:  # a fresh run starts new logs; a resumed one drops those after its checkpoint
+    if is_main():  # a fresh run starts new logs; a resumed one drops those after its checkpoint
         _truncate_jsonl(run_dir / "metrics.jsonl", "step", start)
-        _truncate_jsonl(run_dir / "epochs.jsonl", "epoch", start // steps_per_epoch)
-    # The diagnostics read the centred softmax; Sinkhorn-Knopp targets are balanced whatever it
-    # says (a flat softmax is normal there), so the watchdog only watches the running center.
-    watchdog = CollapseWatchdog(cfg.out_dim,
-                                cfg.collapse_patience if cfg.centering == "center" else 0)
-    if main and start > 0:  # a resumed run remembers the epochs before it, without re-warning
-        watchdog.replay(run_dir / "epochs.jsonl")
+        _truncate_jsonl(run_dir / "epochs.jsonl", "epoch", start // parts.steps_per_epoch)
+    return start, epoch_diags
 
-    log = (run_dir / "metrics.jsonl").open("a") if main else None
-    bar = tqdm(total=last_step, initial=start, disable=not (progress and main), desc="train",
-               unit="step")
-    pending: list[tuple[int, Tensor]] = []  # losses not yet read back from the device
-    step, t0, seen, stopping = start, time.perf_counter(), 0, False
-    eval_seconds, knn = 0.0, {}  # time spent on kNN (not training), the last kNN scores
-    stopper = GracefulStop().__enter__()
 
-    def checkpoint() -> None:
-        own = {"batches": batches.state_dict(), "rng": rng_state()}
-        ranks = gather_objects(own)  # each process's own data order and random state
-        if main:
-            save_checkpoint({"student": student.state_dict(), "teacher": teacher.state_dict(),
-                             "optimizer": optimizer.state_dict(), "loss": loss_fn.state_dict(),
-                             **own, "step": step, "config": cfg.__dict__,
-                             "epoch_diags": epoch_diags, **({"ranks": ranks} if world > 1 else {})},
-                            ckpt_path, keep_previous=True)
-        barrier()  # no process leaves before the checkpoint is on disk
+def _checkpoint(parts: DINOParts, batches: DeviceBatches | LoaderBatches, step: int,
+                epoch_diags: list[dict], path: Path) -> None:
+    """Write the run's state atomically (rank 0), with every process's data order and random
+    state; every epoch, when max_steps ends the run, and when it is stopped."""
+    own = {"batches": batches.state_dict(), "rng": rng_state()}
+    ranks = gather_objects(own)  # each process's own data order and random state
+    if is_main():
+        save_checkpoint({"student": parts.student.state_dict(),
+                         "teacher": parts.teacher.state_dict(),
+                         "optimizer": parts.optimizer.state_dict(),
+                         "loss": parts.loss_fn.state_dict(), **own, "step": step,
+                         "config": parts.cfg.__dict__, "epoch_diags": epoch_diags,
+                         **({"ranks": ranks} if len(ranks) > 1 else {})},
+                        path, keep_previous=True)
+    barrier()  # no process leaves before the checkpoint is on disk
 
-    def flush(extra: dict[str, Any] | None = None) -> float:
-        if not pending:
+
+class TrainingLog:
+    """What a run records as it goes: one line per step in metrics.jsonl, one per epoch in
+    epochs.jsonl (collapse diagnostics, kNN scores), the progress bar and the collapse watchdog.
+
+    The losses stay on the device until a log step reads them all at once, so the GPU is not
+    made to wait at every step. Use it as a context manager: the file and the bar are closed
+    however the run ends."""
+
+    def __init__(self, parts: DINOParts, run_dir: Path, start: int, last_step: int,
+                 epoch_diags: list[dict], progress: bool) -> None:
+        self.parts, self.cfg, self.run_dir = parts, parts.cfg, run_dir
+        self.last_step, self.epoch_diags, self.main = last_step, epoch_diags, is_main()
+        self.pending: list[tuple[int, Tensor]] = []  # losses not yet read back from the device
+        self.t0, self.eval_seconds, self.seen = time.perf_counter(), 0.0, 0
+        self.knn: dict[str, float] = {}  # the last kNN scores
+        self.file = (run_dir / "metrics.jsonl").open("a") if self.main else None
+        self.bar = tqdm(total=last_step, initial=start, disable=not (progress and self.main),
+                        desc="train", unit="step")
+        # The diagnostics read the centred softmax; Sinkhorn-Knopp targets are balanced whatever
+        # it says (a flat softmax is normal there), so the watchdog watches only the center.
+        self.watchdog = CollapseWatchdog(
+            self.cfg.out_dim, self.cfg.collapse_patience if self.cfg.centering == "center" else 0)
+        if self.main and start > 0:  # a resumed run remembers its epochs, without re-warning
+            self.watchdog.replay(run_dir / "epochs.jsonl")
+
+    def __enter__(self) -> TrainingLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+
+    def training_seconds(self) -> float:
+        return time.perf_counter() - self.t0 - self.eval_seconds
+
+    def after_step(self, step: int, out: dict[str, Any], images: int) -> None:
+        """Record the step just done (`step` steps are done now); on a log step, read the
+        losses back, add rank 0's collapse diagnostics and write the records."""
+        self.pending.append((step - 1, out["loss"]))
+        self.seen += images
+        if step % self.cfg.log_every == 0 or step == self.last_step:
+            diag = self._diagnostics(out) if self.main else None
+            last_loss = self.flush(diag)
+            if diag is not None:
+                self.bar.set_postfix(loss=f"{last_loss:.3f}",
+                                     lr=f"{self.parts.schedules.lr[step - 1]:.1e}",
+                                     H_t=f"{diag['teacher_entropy']:.2f}")
+        self.bar.update(1)
+
+    def _diagnostics(self, out: dict[str, Any]) -> dict[str, float]:
+        """Collapse diagnostics of rank 0's share of the batch, the loss terms, the speed."""
+        diag = collapse_metrics(out["teacher_out"].float(), out["student_out"].float(),
+                                self.parts.loss_fn.center, out["teacher_temp"],
+                                self.cfg.student_temp)
+        diag.update({k: float(out[k]) for k in ("dino_loss", "ibot_loss", "koleo_loss")
+                     if k in out})
+        diag["images_per_s"] = self.seen / (time.perf_counter() - self.t0)
+        self.epoch_diags.append(diag)
+        return diag
+
+    def flush(self, extra: dict[str, Any] | None = None) -> float:
+        """Write the pending steps' records (the last one with `extra`); return its loss.
+        Every process calls it (the losses are averaged over them); a NaN stops the run."""
+        if not self.pending:
             return math.nan
-        values = all_reduce_mean(torch.stack([loss for _, loss in pending])).tolist()  # (n,)
-        for (s, _), value in zip(pending, values, strict=True):
+        values = all_reduce_mean(torch.stack([loss for _, loss in self.pending])).tolist()
+        sched, per_epoch = self.parts.schedules, self.parts.steps_per_epoch
+        for (s, _), value in zip(self.pending, values, strict=True):
             if not math.isfinite(value):
-                good = f"last good checkpoint: {ckpt_path}" if ckpt_path.exists() else \
+                ckpt = self.run_dir / "checkpoint.pt"
+                good = f"last good checkpoint: {ckpt}" if ckpt.exists() else \
                     "no checkpoint was written yet"
                 raise NonFiniteLossError(f"loss is {value} at step {s}; stopping ({good}). "
                                          "Try a lower lr or a higher teacher_temp.")
-            record = {"step": s, "epoch": s // steps_per_epoch, "loss": value,
-                      "time": time.perf_counter() - t0 - eval_seconds,  # training seconds
+            record = {"step": s, "epoch": s // per_epoch, "loss": value,
+                      "time": self.training_seconds(),  # seconds of training, without kNN
                       "lr": float(sched.lr[s]), "weight_decay": float(sched.weight_decay[s]),
                       "teacher_momentum": float(sched.teacher_momentum[s]),
                       "teacher_temp": float(sched.teacher_temp[s])}
-            if extra is not None and s == pending[-1][0]:
+            if extra is not None and s == self.pending[-1][0]:
                 record.update(extra)
-            if log is not None:
-                log.write(json.dumps(record) + "\n")
-        if log is not None:
-            log.flush()
-        pending.clear()
+            if self.file is not None:
+                self.file.write(json.dumps(record) + "\n")
+        if self.file is not None:
+            self.file.flush()
+        self.pending.clear()
         return values[-1]
 
-    try:
-        while step < last_step and not stopping:
-            epoch, it = divmod(step, steps_per_epoch)
-            for crops in batches.epoch(epoch, start=it):
-                out = train_step(parts, crops, step)
-                pending.append((step, out["loss"]))
-                step += 1
-                seen += crops[0].shape[0] * world
-                if step % cfg.log_every == 0 or step == last_step:
-                    diag = None
-                    if main:  # diagnostics of rank 0's share of the batch
-                        diag = collapse_metrics(out["teacher_out"].float(),
-                                                out["student_out"].float(), loss_fn.center,
-                                                out["teacher_temp"], cfg.student_temp)
-                        diag.update({k: float(out[k]) for k in ("dino_loss", "ibot_loss",
-                                                                "koleo_loss") if k in out})
-                        diag["images_per_s"] = seen / (time.perf_counter() - t0)
-                        epoch_diags.append(diag)
-                    last_loss = flush(diag)
-                    if diag is not None:
-                        bar.set_postfix(loss=f"{last_loss:.3f}", lr=f"{sched.lr[step - 1]:.1e}",
-                                        H_t=f"{diag['teacher_entropy']:.2f}")
-                bar.update(1)
-                stopping = any_rank(stopper.requested is not None)  # every process stops together
-                if stopping or step >= last_step:
-                    break
-            flush()
-            epoch_done = step % steps_per_epoch == 0 or step >= last_step
-            knn_now: dict[str, float] = {}
-            if main and epoch_done and cfg.knn_every > 0 and (
-                    (epoch + 1) % cfg.knn_every == 0 or step >= last_step):
-                t_eval = time.perf_counter()
-                knn = knn_now = knn_scores(parts, train_split, test_split, cfg, device)
-                eval_seconds += time.perf_counter() - t_eval
-                bar.write(f"epoch {epoch}: kNN top-1 (k=20) on held-out images: teacher "
-                          f"{knn['knn_teacher']:.1f}%, student {knn['knn_student']:.1f}%")
-            if main and epoch_done and (epoch_diags or knn_now):
-                record = _log_epoch(run_dir / "epochs.jsonl", epoch, epoch_diags, cfg.out_dim, bar,
-                                    knn_now)
-                if epoch_diags:
-                    watchdog.update(epoch, record["teacher_entropy"], record["mean_entropy"])
-            if step % steps_per_epoch == 0:
-                epoch_diags = []  # else the checkpoint carries them into the resumed epoch
-            checkpoint()  # every epoch, when max_steps ends the run, and when stopped
-            if stopping:
-                raise KeyboardInterrupt(f"stopped by {stopper.requested or 'another process'} "
-                                        f"at step {step}; checkpoint written to {ckpt_path}; "
-                                        "continue with --resume auto")
-    finally:
-        stopper.__exit__()
-        bar.close()
-        if log is not None:
-            log.close()
-    elapsed = time.perf_counter() - t0 - eval_seconds  # training only, without kNN
-    return {"student": student, "teacher": teacher, "run_dir": run_dir, "steps": step,
-            "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9), "config": cfg,
-            "knn": knn}
+    def end_epoch(self, epoch: int, step: int, score: Any) -> None:
+        """After the last step of an epoch (or of the run): write what is pending, score kNN
+        when it is due (`score()`, rank 0), write the epoch's record, feed the watchdog."""
+        self.flush()
+        per_epoch, cfg = self.parts.steps_per_epoch, self.cfg
+        epoch_done = step % per_epoch == 0 or step >= self.last_step
+        knn_now: dict[str, float] = {}
+        if self.main and epoch_done and cfg.knn_every > 0 and (
+                (epoch + 1) % cfg.knn_every == 0 or step >= self.last_step):
+            t_eval = time.perf_counter()
+            self.knn = knn_now = score()
+            self.eval_seconds += time.perf_counter() - t_eval
+            self.bar.write(f"epoch {epoch}: kNN top-1 (k=20) on held-out images: teacher "
+                           f"{knn_now['knn_teacher']:.1f}%, student {knn_now['knn_student']:.1f}%")
+        if self.main and epoch_done and (self.epoch_diags or knn_now):
+            record = _log_epoch(self.run_dir / "epochs.jsonl", epoch, self.epoch_diags,
+                                cfg.out_dim, self.bar, knn_now)
+            if self.epoch_diags:
+                self.watchdog.update(epoch, record["teacher_entropy"], record["mean_entropy"])
+        if step % per_epoch == 0:
+            self.epoch_diags = []  # else the checkpoint carries them into the resumed epoch
 
 
 def knn_scores(parts: DINOParts, train_split: DatasetSplit, test_split: DatasetSplit,
