@@ -20,14 +20,16 @@ import sys
 from typing import NoReturn
 
 from minidino.config import (
-    PRESETS,
     TrainConfig,
     add_config_arguments,
     config_from_args,
     fast_config,
     fast_mode,
-    get_preset,
 )
+from minidino.presets import PRESETS, get_preset
+
+# The preset of each command when --preset is not given; its values are shown in --help.
+_DEFAULT_PRESET = {"demo": "cpu-demo", "train": "cifar10", "sweep": "cifar10"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--resume", default=None,
                            help="a checkpoint.pt to continue from, or 'auto': the newest valid "
                                 "checkpoint in the run folder (a fresh run when there is none)")
-        add_config_arguments(p)
+        add_config_arguments(p, _DEFAULT_PRESET[name], get_preset(_DEFAULT_PRESET[name]))
     p = sub.add_parser("sweep", help="several runs side by side on one machine, one table; "
                        "config options given here apply to every run")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cifar10")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=_DEFAULT_PRESET["sweep"])
     p.add_argument("--run", nargs=2, action="append", metavar=("NAME", "OPTIONS"), default=[],
                    help='one run: its name and the options it changes, e.g. --run lr-2x '
                         '"--lr 1e-3" (repeat for each run; "" trains the preset as it is)')
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-steps", type=_positive_int, default=30,
                    help="steps each run trains to measure its speed (with --minutes)")
     p.add_argument("--fast", action="store_true", help="tiny runs (as in CI)")
-    add_config_arguments(p)
+    add_config_arguments(p, _DEFAULT_PRESET["sweep"], get_preset(_DEFAULT_PRESET["sweep"]))
     p = sub.add_parser("eval", help="kNN (and linear probe) of a checkpoint's backbone")
     p.add_argument("checkpoint")
     p.add_argument("--which", choices=("teacher", "student"), default="teacher")
@@ -131,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from minidino.demo import run_demo
 
-            run_demo(_resolve(args, "cpu-demo"), progress=not args.no_progress)
+            run_demo(_resolve(args, _DEFAULT_PRESET["demo"]), progress=not args.no_progress)
         elif args.command == "train":
             from minidino.train import train
 
-            cfg = _resolve(args, "cifar10")
+            cfg = _resolve(args, _DEFAULT_PRESET["train"])
             train(cfg, resume=args.resume, progress=not args.no_progress)
         elif args.command == "sweep":
             _sweep(args)

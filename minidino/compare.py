@@ -21,9 +21,10 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from minidino.config import TrainConfig, get_preset
+from minidino.config import TrainConfig
 from minidino.demo import initial_backbone
 from minidino.evaluate import knn_top1
+from minidino.presets import get_preset
 from minidino.propagation import evaluate_propagation
 from minidino.train import load_splits, train
 from minidino.video import make_video

@@ -3,7 +3,8 @@
 Each preset is a full `TrainConfig`; the command line overrides any field of it. The DINO presets
 come first; `ibot-cifar10` adds iBOT's masked patch prediction to `cifar10`, and `dinov2-cifar10`
 adds the rest of DINOv2's recipe on top (KoLeo, Sinkhorn-Knopp centering, LayerScale) and the
-registers of its follow-up paper (Darcet et al., 2023).
+registers of its follow-up paper (Darcet et al., 2023). Import them from here:
+`from minidino.presets import PRESETS, get_preset`.
 """
 
 from __future__ import annotations
@@ -59,3 +60,10 @@ PRESETS: dict[str, TrainConfig] = {
         run_name="dinov2-cifar10",
     ),
 }
+
+
+def get_preset(name: str) -> TrainConfig:
+    """The preset called `name`; an unknown name is refused with the list of available ones."""
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r} is unknown; available presets: {sorted(PRESETS)}")
+    return PRESETS[name]

@@ -40,8 +40,8 @@ from minidino.config import (
     config_from_args,
     fast_config,
     fast_mode,
-    get_preset,
 )
+from minidino.presets import get_preset
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

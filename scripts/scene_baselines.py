@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from minidino.augment_batched import normalize
 from minidino.compare import attention_iou
-from minidino.config import get_preset
 from minidino.demo import initial_backbone
 from minidino.evaluate import knn_accuracy, knn_top1
+from minidino.presets import get_preset
 from minidino.propagation import evaluate_propagation, j_score
 from minidino.scene_video import make_scene_video
 from minidino.train import load_splits

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from minidino.__main__ import main
-from minidino.config import DIFFICULTIES, TrainConfig, check_world_size, fast_config, get_preset
+from minidino.config import DIFFICULTIES, TrainConfig, check_world_size, fast_config
+from minidino.presets import get_preset
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"
 MAX_CELL = 170  # longer messages are cut in the table with " ..." (the test then checks a prefix)

@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from minidino.config import fast_config, get_preset
+from minidino.config import fast_config
+from minidino.presets import get_preset
 from minidino.step import build_parts, train_step
 
 

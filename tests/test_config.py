@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
+from minidino.__main__ import main
 from minidino.config import (
-    PRESETS,
     TrainConfig,
     add_config_arguments,
     config_from_args,
     fast_config,
-    get_preset,
 )
+from minidino.presets import PRESETS, get_preset
 
 
 def parse(argv: list[str]) -> TrainConfig:
@@ -71,3 +71,18 @@ def test_unknown_preset_lists_the_available_ones():
 def test_unknown_field_in_a_saved_config_is_named():
     with pytest.raises(ValueError, match="bogus"):
         TrainConfig.from_dict({"bogus": 1})
+
+
+def test_every_field_has_a_help_text():
+    missing = [f.name for f in fields(TrainConfig) if not f.metadata.get("help", "").strip()]
+    assert missing == []
+
+
+def test_train_help_shows_each_fields_reason_and_preset_value(capsys):
+    assert main(["train", "--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    teacher_temp = next(f for f in fields(TrainConfig) if f.name == "teacher_temp")
+    assert " ".join(teacher_temp.metadata["help"].split()) in shown
+    assert f"[preset: {get_preset('cifar10').teacher_temp:g}]" in shown
+    assert "[preset: X] is the value of the cifar10 preset" in shown
+    assert "(default from the preset)" not in shown

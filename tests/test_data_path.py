@@ -35,8 +35,9 @@ from minidino.batches import (
     default_num_workers,
     free_memory,
 )
-from minidino.config import ConfigError, TrainConfig, fast_config, get_preset
+from minidino.config import ConfigError, TrainConfig, fast_config
 from minidino.data import BadImageWarning, load_dataset, make_resident, to_tensor_images
+from minidino.presets import get_preset
 from minidino.train import make_batches
 
 GB = 2**30

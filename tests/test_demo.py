@@ -7,8 +7,9 @@ from dataclasses import replace
 import torch
 
 from minidino.__main__ import main
-from minidino.config import fast_config, get_preset
+from minidino.config import fast_config
 from minidino.demo import evaluate_checkpoint, export_backbone, load_pretrained, run_demo
+from minidino.presets import get_preset
 
 
 def test_demo_trains_evaluates_and_draws(tmp_path, capsys):

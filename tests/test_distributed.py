@@ -203,7 +203,8 @@ def test_without_torchrun_nothing_is_initialised(monkeypatch):
 def test_a_two_process_checkpoint_resumes_in_one_process(ddp_run, tmp_path):
     from dataclasses import replace
 
-    from minidino.config import fast_config, get_preset
+    from minidino.config import fast_config
+    from minidino.presets import get_preset
     from minidino.train import train
 
     run_dir, _, _, _ = ddp_run

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minidino.config import fast_config, get_preset
+from minidino.config import fast_config
 from minidino.folder import BadImageWarning, ImageFolderDataset
+from minidino.presets import get_preset
 from minidino.train import train
 
 CLASSES = ("circle", "square", "star", "triangle")

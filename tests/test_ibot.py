@@ -11,8 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minidino.config import fast_config, get_preset
+from minidino.config import fast_config
 from minidino.ibot import IBOTLoss, IBOTOutput, IBOTWrapper, block_masks, ibot_patch_loss
+from minidino.presets import get_preset
 from minidino.step import build_parts, build_student, extra_losses, train_step
 from minidino.vit import VisionTransformer
 

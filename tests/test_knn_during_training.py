@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from minidino.config import TrainConfig, fast_config, get_preset
+from minidino.config import TrainConfig, fast_config
 from minidino.evaluate import knn_top1
+from minidino.presets import get_preset
 from minidino.train import crop_config, load_splits, train
 from minidino.viz import plot_training_curves
 

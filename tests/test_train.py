@@ -11,9 +11,10 @@ import torch
 
 from minidino import step as step_module
 from minidino.augment import BatchedMultiCrop, small_image_config
-from minidino.config import TrainConfig, fast_config, get_preset
+from minidino.config import TrainConfig, fast_config
 from minidino.head import DINOHead, MultiCropWrapper
 from minidino.loss import DINOLoss
+from minidino.presets import get_preset
 from minidino.teacher import build_teacher, ema_update_
 from minidino.train import NonFiniteLossError, train
 from minidino.vit import vit_nano

@@ -15,8 +15,9 @@ from dataclasses import replace
 
 import pytest
 
-from minidino.config import fast_config, get_preset
+from minidino.config import fast_config
 from minidino.data import DatasetSplit, TensorImageDataset
+from minidino.presets import get_preset
 from minidino.shapes import SHAPE_CLASSES, make_shapes
 from minidino.train import train
 from minidino.watchdog import CollapseWarning, CollapseWatchdog

@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from minidino.checks._core import expect, expect_close, fail, run_check
-from minidino.config import fast_config, get_preset
+from minidino.config import fast_config
 from minidino.head import cancel_last_layer_gradients as reference_cancel
+from minidino.presets import get_preset
 from minidino.schedules import cosine_schedule
 from minidino.step import build_parts
 from minidino.step import train_step as reference_train_step
