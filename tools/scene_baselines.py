@@ -1,6 +1,6 @@
 """Baselines on the built-in scenes before any training: raw pixels, a random ViT, a centred blob.
 
-    python scripts/scene_baselines.py [--patch-size 4]
+    python -m tools.scene_baselines [--patch-size 4]
 
 Everything uses the `cpu-demo` preset (its ViT at its random initialisation, `initial_backbone`,
 and its evaluation sizes: 10,000 training images as the kNN memory bank, 1,000 held-out queries)
@@ -10,7 +10,7 @@ on the built-in scenes and, for comparison, the built-in shapes it trains on tod
 * kNN top-1 (k=20, T=0.07) of raw pixels (the normalised image as one vector) and of the random
   ViT's CLS feature;
 * attention-mask IoU on 500 held-out images: per image, the best head's 60%-mass CLS attention
-  mask (upsampled to pixels) against the object mask (any object), as `minidino.compare`; a
+  mask (upsampled to pixels) against the object mask (any object), as `tools/compare.py`; a
   centred blob (the 60%-mass mask of a centred Gaussian with sigma a quarter of the side, on the
   same patch grid); and the whole image (IoU = the object's share of the image);
 * propagation J through a 12-frame video, frames 1-11: the random ViT's patch features; and
@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 from minidino.augment_batched import normalize
-from minidino.compare import attention_iou
 from minidino.demo import initial_backbone
 from minidino.evaluate import knn_accuracy, knn_top1
 from minidino.presets import get_preset
@@ -39,6 +38,7 @@ from minidino.scene_video import make_scene_video
 from minidino.train import load_splits
 from minidino.video import make_video
 from minidino.viz import attention_mass_mask, mask_iou
+from tools.compare import attention_iou
 
 
 def pixel_knn(train_split, test_split, n_eval: int) -> float:

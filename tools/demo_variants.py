@@ -3,7 +3,7 @@
 The demo's command line overrides any `TrainConfig` field, but not how the built-in shapes are
 drawn. This script does both, for the experiments listed in docs/benchmarks.md:
 
-    python scripts/demo_variants.py '{"name": "light-noisy", "epochs": 3,
+    python -m tools.demo_variants '{"name": "light-noisy", "epochs": 3,
         "style": {"contrast": 0.9, "polarity": "light", "pixel_noise": 0.3, "blotch_noise": 0.3}}'
 
 Keys of the JSON object: "name" (the run folder under runs/variants/), "style" (fields of

@@ -1,6 +1,6 @@
 """DINO, iBOT and a DINOv2-style recipe trained with the same budget on the built-in dataset.
 
-    python -m minidino.compare --epochs 3
+    python -m tools.compare --epochs 3
 
 Each recipe is the `cpu-demo` preset plus its own pieces, trained for the same number of steps
 on the same images, then scored three ways (the random initialisation too, as a floor):
