@@ -261,3 +261,17 @@ def test_reference_interpolation_is_minidinos():
 def test_stub_returns_the_reference(check, reference, capsys):
     assert check(stub) is reference
     assert "not done yet" in capsys.readouterr().out
+
+
+def test_the_checks_package_knows_where_every_check_lives():
+    import importlib
+
+    from minidino import checks
+
+    modules = sorted(set(checks.LESSON_OF.values()))
+    exported = {name: module for module in modules
+                for name in importlib.import_module(f"minidino.checks.{module}").__all__}
+    assert exported == checks.LESSON_OF
+    assert checks.dino_loss is importlib.import_module("minidino.checks.lesson03_loss").dino_loss
+    with pytest.raises(AttributeError, match="no check 'dino_los'"):
+        checks.dino_los  # noqa: B018
