@@ -15,12 +15,16 @@ part of it) sits between nbgrader-style markers, in a cell that names the exerci
   `raise NotImplementedError("Exercise 3.2: ...")` at the block's indentation;
 * `solutions/` gets the cell with the marker lines removed;
 * markdown cells may hold a marked block too (an answer in words); the exercise copy shows
-  "*Your answer here.*" instead.
+  "*Your answer here.*" instead;
+* every Open-in-Colab link and every `minidino @ git+...` install line, in the lessons too, points
+  at the repository named in pyproject.toml (`[project.urls] Repository`), the one place that
+  address is written by hand: to run the course from a fork, change it there and rerun this.
 
 Usage::
 
     python scripts/make_exercises.py          # strip outputs from the lessons, regenerate both
-    python scripts/make_exercises.py --check  # exit 1 if anything is stale or has outputs
+    python scripts/make_exercises.py --check  # exit 1 if anything is stale, has outputs or
+                                              # points at another repository
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 LABEL = re.compile(r"#\s*(Exercise\s+\d+\.\d+)\s*:\s*(.+?)\s*$", re.MULTILINE)
 KINDS = ("exercises", "solutions")
+GITHUB = re.compile(r"https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?")
+COLAB = re.compile(r"https://colab\.research\.google\.com/github/[\w.-]+/[\w.-]+/blob/[\w.-]+/")
+INSTALL = re.compile(r"minidino @ git\+[^\s\"'`)\]]+")
 NOTE = {
     "exercises": "> **Your copy of the lesson.** Fill in the exercises here: each one raises "
                  "`NotImplementedError` until you do, and the check after it tells you whether "
@@ -116,6 +123,37 @@ def _markdown_cell(source: str, kind: str, where: str) -> str:
     return "\n".join(out)
 
 
+def repository(root: Path = ROOT) -> str:
+    """pyproject.toml's `[project.urls] Repository`: where Colab badges and installs point."""
+    text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: read the one line
+        found = re.search(r'^Repository\s*=\s*"([^"]*)"', text, re.MULTILINE)
+        url = found.group(1) if found else None
+    else:
+        url = tomllib.loads(text).get("project", {}).get("urls", {}).get("Repository")
+    match = GITHUB.fullmatch(url or "")
+    if match is None:
+        raise SourceError(f"pyproject.toml: [project.urls] Repository = {url!r} must be a GitHub "
+                          "address, https://github.com/OWNER/NAME (Colab opens the lessons there)")
+    return f"https://github.com/{match.group(1)}/{match.group(2)}"
+
+
+def point_at(source: str, url: str) -> str:
+    """`source` with its Colab links and minidino install lines pointing at repository `url`."""
+    owner_name = url.removeprefix("https://github.com/")
+    source = COLAB.sub(f"https://colab.research.google.com/github/{owner_name}/blob/main/", source)
+    return INSTALL.sub(f"minidino @ git+{url}", source)
+
+
+def _pointed(nb: nbformat.NotebookNode, url: str) -> nbformat.NotebookNode:
+    out = copy.deepcopy(nb)
+    for cell in out.cells:
+        cell.source = point_at(cell.source, url)
+    return out
+
+
 def strip_outputs(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of `nb` with no outputs, execution counts or widget state."""
     nb = copy.deepcopy(nb)
@@ -159,11 +197,17 @@ def build(root: Path = ROOT) -> tuple[dict[Path, str], list[str]]:
     """Every file the lessons imply, and the problems found in the lessons themselves."""
     wanted: dict[Path, str] = {}
     problems: list[str] = []
+    url = repository(root)
     lessons = sorted((root / "notebooks").glob("*.ipynb"))
     for path in lessons:
         nb = nbformat.read(path, as_version=4)
         if has_outputs(nb):
             problems.append(f"notebooks/{path.name} carries outputs (run without --check)")
+        pointed = _pointed(nb, url)
+        if [c.source for c in pointed.cells] != [c.source for c in nb.cells]:
+            problems.append(f"notebooks/{path.name} points Colab or pip at another address than "
+                            f"{url} (pyproject.toml; run without --check)")
+        nb = pointed
         wanted[path] = render(strip_outputs(nb))
         for kind in KINDS:
             wanted[root / kind / path.name] = render(derive(nb, kind, path.name))
@@ -171,7 +215,8 @@ def build(root: Path = ROOT) -> tuple[dict[Path, str], list[str]]:
 
 
 def stale_files(root: Path = ROOT) -> list[str]:
-    """Problems `--check` reports: outputs in lessons, files out of date, missing or orphaned."""
+    """Problems `--check` reports: outputs in lessons, another repository address in a lesson,
+    files out of date, missing or orphaned."""
     wanted, problems = build(root)
     for path, text in wanted.items():
         rel = path.relative_to(root)
