@@ -142,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sweep":
             _sweep(args)
         elif args.command == "eval":
-            from minidino.demo import evaluate_checkpoint
+            from minidino.evaluate import evaluate_checkpoint
 
             evaluate_checkpoint(args.checkpoint, which=args.which, linear=args.linear, k=args.k)
         elif args.command == "export":
-            from minidino.demo import export_backbone
+            from minidino.pretrained import export_backbone
 
             print(f"wrote {export_backbone(args.checkpoint, args.out, which=args.which)}")
         elif args.command == "download":

@@ -27,7 +27,7 @@ How: two implementations of the same `MultiCropConfig`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -53,6 +53,7 @@ from minidino.augment_batched import (
     solarize,
     to_float,
 )
+from minidino.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -293,3 +294,15 @@ class BatchedMultiCrop:
                              "use a generator on the images' device")
         B, _, H, W = images.shape
         return self.apply(images, self.sample_params(B, H, W, generator, images.device))
+
+
+# --------------------------------------------------------------------------- a run's crops
+def crop_config(cfg: TrainConfig) -> MultiCropConfig:
+    """The multi-crop of a run: DINO's recipe for small images (`small_image_config`, whose blur
+    sigma is DINO's scaled to `global_size`), with the sizes, scales, blur and colour
+    probabilities of `cfg`."""
+    base = small_image_config(cfg.global_size, n_local_crops=cfg.n_local_crops)
+    return replace(base, local_size=cfg.local_size, global_scale=cfg.global_scale,
+                   local_scale=cfg.local_scale, blur_sigma=cfg.blur_sigma or base.blur_sigma,
+                   blur_p=base.blur_p if cfg.blur else (0.0, 0.0, 0.0), jitter_p=cfg.jitter_p,
+                   solarize_p=(0.0, cfg.solarize_p, 0.0))

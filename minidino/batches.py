@@ -33,14 +33,31 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from minidino.augment import BatchedMultiCrop, MultiCropConfig, PerImageMultiCrop, collate_crops
+from minidino.augment import (
+    BatchedMultiCrop,
+    MultiCropConfig,
+    PerImageMultiCrop,
+    collate_crops,
+    crop_config,
+)
+from minidino.config import TrainConfig
 from minidino.data import (
     WORKER_TIMEOUT_S,
     DataLoaderWorkerError,
+    DatasetSplit,
     cpu_cores,
+    make_resident,
+    subset_indices,
     worker_failure_message,
 )
-from minidino.distributed import per_rank_batch, rank_seed
+from minidino.distributed import (
+    broadcast_object,
+    is_main,
+    per_rank_batch,
+    rank,
+    rank_seed,
+    world_size,
+)
 
 MEMORY_SHARE = 0.25  # "auto": the device path when the images take at most this much free memory
 MAX_WORKERS = 16  # num_workers=None: one DataLoader worker per CPU core, at most this many
@@ -269,3 +286,40 @@ class LoaderBatches:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+# --------------------------------------------------------------------------- a run's batches
+def make_batches(cfg: TrainConfig, train: DatasetSplit, device: torch.device,
+                 progress: bool = True) -> DeviceBatches | LoaderBatches:
+    """The batches of a run on `train`: `DeviceBatches` (images held on the device, crops made
+    there in batches) or `LoaderBatches` (a DataLoader's workers crop image by image).
+
+    data_mode="auto" takes the device path when the images fit comfortably in memory
+    (`choose_data_mode`), decoding a split read from disk into `train.images` first (once, by
+    `cfg.num_workers` processes, a progress bar unless `progress` is False), and prints which
+    path it took and why. Under torchrun every rank takes rank 0's choice."""
+    mode = cfg.data_mode
+    if mode == "auto":
+        free = free_memory(device, in_ram=train.images is not None)
+        mode, why = broadcast_object(choose_data_mode(len(train), cfg.image_size, free))
+    if mode == "device" and train.images is None:
+        make_resident(train, cfg.image_size, progress, cfg.num_workers)  # drops bad files
+    crops = crop_config(cfg)
+    chosen = subset_indices(len(train.labels), cfg.n_train, cfg.seed)  # (N,)
+    if mode == "device":
+        batches: DeviceBatches | LoaderBatches = DeviceBatches(
+            train.images[chosen], cfg.batch_size, crops, cfg.seed, device, rank(), world_size())
+    else:
+        dataset = train.dataset
+        if cfg.n_train is not None:
+            dataset = torch.utils.data.Subset(dataset, chosen.tolist())
+        batches = LoaderBatches(dataset, cfg.batch_size, crops, cfg.seed, device,
+                                cfg.num_workers, rank(), world_size())
+    if cfg.data_mode == "auto" and is_main():
+        if isinstance(batches, DeviceBatches):
+            path = "the device path"
+        else:
+            n = batches.num_workers
+            path = f"the DataLoader path with {n} worker{'' if n == 1 else 's'}"
+        print(f"minidino: data_mode='auto' took {path}: {why}")
+    return batches

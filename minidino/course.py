@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from minidino.config import TrainConfig, fast_config, fast_mode
+from minidino.device import pick_device
 from minidino.presets import get_preset
-from minidino.train import pick_device
 
 if TYPE_CHECKING:
     from ipywidgets import FloatLogSlider, ValueWidget

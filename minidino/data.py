@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import center_crop, pil_to_tensor, resize
 from tqdm.auto import tqdm
 
-from minidino.config import DATASETS
+from minidino.config import DATASETS, TrainConfig
 from minidino.folder import SPLITS, BadImageWarning, ImageFolderDataset, load_folder
 from minidino.scenes import ScenesDataset
 from minidino.shapes import ShapesDataset
@@ -304,3 +304,23 @@ def subset_indices(n_total: int, n: int | None, seed: int = 0) -> Tensor:
         return torch.arange(n_total)
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n_total, generator=g)[:n].sort().values
+
+
+# --------------------------------------------------------------------------- a run's splits
+def load_splits(cfg: TrainConfig, progress: bool = True) -> tuple[DatasetSplit, DatasetSplit]:
+    """The training split and the held-out split used for kNN evaluation. With
+    data_mode="device", images read from disk (a folder, ImageNette) are decoded once into
+    memory by `cfg.num_workers` processes (a progress bar unless `progress` is False); with
+    "auto", `make_batches` decides."""
+    kwargs: dict[str, Any] = {"root": cfg.data_root, "image_size": cfg.image_size}
+    if cfg.dataset == "shapes":
+        kwargs["difficulty"] = cfg.difficulty
+    if cfg.dataset == "folder":
+        kwargs["path"] = cfg.data_path
+    train = load_dataset(cfg.dataset, split="train", **kwargs)
+    test = load_dataset(cfg.dataset, split="test", **kwargs)
+    if cfg.data_mode == "device":
+        for split in (train, test):
+            if split.images is None:  # decoded once, kept as uint8
+                make_resident(split, cfg.image_size, progress, cfg.num_workers)
+    return train, test

@@ -22,7 +22,9 @@ from tqdm.auto import tqdm
 
 from minidino.augment_batched import IMAGENET_MEAN, IMAGENET_STD, normalize
 from minidino.config import TrainConfig
-from minidino.data import DatasetSplit, make_resident, subset_indices
+from minidino.data import DatasetSplit, load_splits, make_resident, subset_indices
+from minidino.device import pick_device
+from minidino.pretrained import backbone_from
 
 
 def _cls_feature(out: Tensor) -> Tensor:
@@ -337,3 +339,20 @@ def knn_top1(backbone: torch.nn.Module, train_split: DatasetSplit, test_split: D
     memory bank, `cfg.n_eval` held-out images as queries."""
     features = eval_features(backbone, train_split, test_split, cfg, device, progress)
     return knn_accuracy(*features, n_classes=len(train_split.classes), k=k)
+
+
+def evaluate_checkpoint(path: str, which: str = "teacher", linear: bool = False, k: int = 20
+                        ) -> dict[str, dict[str, float]]:
+    """kNN (and optionally a linear probe) of the backbone saved in a training checkpoint."""
+    backbone, cfg, _ = backbone_from(path, which)
+    device = pick_device(cfg.device)
+    backbone = backbone.to(device)
+    train_split, test_split = load_splits(cfg)
+    features = eval_features(backbone, train_split, test_split, cfg, device)  # computed once
+    n_classes = len(train_split.classes)
+    results = {"knn": knn_accuracy(*features, n_classes=n_classes, k=k)}
+    if linear:
+        results["linear"] = linear_probe(*features, n_classes=n_classes)
+    for name, r in results.items():
+        print(f"{which} {name}: top-1 {r['top1']:.1f}%, top-5 {r['top5']:.1f}%")
+    return results

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from minidino.augment import MultiCropConfig, small_image_config
-from minidino.batches import DeviceBatches, LoaderBatches, choose_data_mode, free_memory
+from minidino.batches import (
+    DeviceBatches,
+    LoaderBatches,
+    make_batches,
+)
 from minidino.checkpoint import (
     GracefulStop,
     resume_state,
@@ -29,13 +31,14 @@ from minidino.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from minidino.collapse import collapse_metrics
 from minidino.config import TrainConfig, check_world_size
-from minidino.data import DatasetSplit, load_dataset, make_resident, subset_indices
+from minidino.data import DatasetSplit, load_splits
+from minidino.device import pick_device
 from minidino.distributed import (
     all_reduce_mean,
     any_rank,
     barrier,
-    broadcast_object,
     gather_objects,
     init_distributed,
     is_main,
@@ -44,90 +47,12 @@ from minidino.distributed import (
     world_size,
 )
 from minidino.evaluate import knn_top1
-from minidino.metrics import collapse_metrics
 from minidino.step import DINOParts, build_parts, train_step
 from minidino.watchdog import CollapseWatchdog
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stops instead of training on garbage."""
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu for "auto"; otherwise the named device."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def crop_config(cfg: TrainConfig) -> MultiCropConfig:
-    """The multi-crop of a run: DINO's recipe for small images (`small_image_config`, whose blur
-    sigma is DINO's scaled to `global_size`), with the sizes, scales, blur and colour
-    probabilities of `cfg`."""
-    base = small_image_config(cfg.global_size, n_local_crops=cfg.n_local_crops)
-    return replace(base, local_size=cfg.local_size, global_scale=cfg.global_scale,
-                   local_scale=cfg.local_scale, blur_sigma=cfg.blur_sigma or base.blur_sigma,
-                   blur_p=base.blur_p if cfg.blur else (0.0, 0.0, 0.0), jitter_p=cfg.jitter_p,
-                   solarize_p=(0.0, cfg.solarize_p, 0.0))
-
-
-def load_splits(cfg: TrainConfig, progress: bool = True) -> tuple[DatasetSplit, DatasetSplit]:
-    """The training split and the held-out split used for kNN evaluation. With
-    data_mode="device", images read from disk (a folder, ImageNette) are decoded once into
-    memory by `cfg.num_workers` processes (a progress bar unless `progress` is False); with
-    "auto", `make_batches` decides."""
-    kwargs: dict[str, Any] = {"root": cfg.data_root, "image_size": cfg.image_size}
-    if cfg.dataset == "shapes":
-        kwargs["difficulty"] = cfg.difficulty
-    if cfg.dataset == "folder":
-        kwargs["path"] = cfg.data_path
-    train = load_dataset(cfg.dataset, split="train", **kwargs)
-    test = load_dataset(cfg.dataset, split="test", **kwargs)
-    if cfg.data_mode == "device":
-        for split in (train, test):
-            if split.images is None:  # decoded once, kept as uint8
-                make_resident(split, cfg.image_size, progress, cfg.num_workers)
-    return train, test
-
-
-def make_batches(cfg: TrainConfig, train: DatasetSplit, device: torch.device,
-                 progress: bool = True) -> DeviceBatches | LoaderBatches:
-    """The batches of a run on `train`: `DeviceBatches` (images held on the device, crops made
-    there in batches) or `LoaderBatches` (a DataLoader's workers crop image by image).
-
-    data_mode="auto" takes the device path when the images fit comfortably in memory
-    (`choose_data_mode`), decoding a split read from disk into `train.images` first (once, by
-    `cfg.num_workers` processes, a progress bar unless `progress` is False), and prints which
-    path it took and why. Under torchrun every rank takes rank 0's choice."""
-    mode = cfg.data_mode
-    if mode == "auto":
-        free = free_memory(device, in_ram=train.images is not None)
-        mode, why = broadcast_object(choose_data_mode(len(train), cfg.image_size, free))
-    if mode == "device" and train.images is None:
-        make_resident(train, cfg.image_size, progress, cfg.num_workers)  # drops bad files
-    crops = crop_config(cfg)
-    chosen = subset_indices(len(train.labels), cfg.n_train, cfg.seed)  # (N,)
-    if mode == "device":
-        batches: DeviceBatches | LoaderBatches = DeviceBatches(
-            train.images[chosen], cfg.batch_size, crops, cfg.seed, device, rank(), world_size())
-    else:
-        dataset = train.dataset
-        if cfg.n_train is not None:
-            dataset = torch.utils.data.Subset(dataset, chosen.tolist())
-        batches = LoaderBatches(dataset, cfg.batch_size, crops, cfg.seed, device,
-                                cfg.num_workers, rank(), world_size())
-    if cfg.data_mode == "auto" and is_main():
-        if isinstance(batches, DeviceBatches):
-            path = "the device path"
-        else:
-            n = batches.num_workers
-            path = f"the DataLoader path with {n} worker{'' if n == 1 else 's'}"
-        print(f"minidino: data_mode='auto' took {path}: {why}")
-    return batches
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,

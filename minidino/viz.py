@@ -7,11 +7,10 @@ import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from minidino.augment import normalize
+from minidino.attention import cls_attention_maps
 from minidino.vit import VisionTransformer
 
 
@@ -60,25 +59,6 @@ def draw_knn_curves(ax: plt.Axes, knn: list[dict]) -> None:
     ax.legend(fontsize=8)
 
 
-@torch.no_grad()
-def cls_attention_maps(backbone: VisionTransformer, images: Tensor) -> Tensor:
-    """Last-layer attention of the CLS token to every patch, per head.
-
-    images: uint8 (B, 3, H, W) -> (B, h, H/p, W/p), each map summing to 1 over its patches
-    (register tokens excluded, the rest renormalised).
-    """
-    was_training = backbone.training
-    backbone.eval()
-    x = normalize(images.to(next(backbone.parameters()).device))  # (B, 3, H, W)
-    attn = backbone.get_last_selfattention(x).float()  # (B, h, T, T)
-    backbone.train(was_training)
-    p = backbone.patch_size
-    gh, gw = images.shape[-2] // p, images.shape[-1] // p
-    cls_to_patches = attn[:, :, 0, backbone.num_prefix_tokens:]  # (B, h, N)
-    cls_to_patches = cls_to_patches / cls_to_patches.sum(-1, keepdim=True)
-    return cls_to_patches.reshape(*cls_to_patches.shape[:2], gh, gw).cpu()  # (B, h, gh, gw)
-
-
 def plot_attention_maps(backbone: VisionTransformer, images: Tensor, n_images: int = 6
                         ) -> plt.Figure:
     """One row per image: the image, then the CLS attention map of each head (upsampled)."""
@@ -102,29 +82,3 @@ def plot_attention_maps(backbone: VisionTransformer, images: Tensor, n_images: i
     return fig
 
 
-def attention_mass_mask(attn: Tensor, keep: float = 0.6) -> Tensor:
-    """The smallest set of patches that holds at least `keep` of the attention (DINO, Fig. 4).
-
-    attn: non-negative weights (..., N), e.g. (h, N) or (B, h, N); they need not sum to 1
-    -> bool (..., N). Patches are taken from the highest attention down until their share of the
-    total reaches `keep`. Ties: patches with the same weight as the last one taken are kept too,
-    so equal weights are never split (uniform attention keeps every patch).
-    """
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep={keep} must be in (0, 1]")
-    values = attn.detach().double().sort(dim=-1, descending=True).values  # (..., N)
-    share = values.cumsum(-1) / values.sum(-1, keepdim=True)  # (..., N), rises to 1
-    n_before = (share < keep - 1e-9).sum(-1, keepdim=True)  # (..., 1) patches before the last
-    cut = values.gather(-1, n_before.clamp(max=attn.shape[-1] - 1))  # (..., 1) least kept weight
-    return attn.double() >= cut  # (..., N)
-
-
-def mask_iou(pred: Tensor, target: Tensor) -> Tensor:
-    """Intersection over union of boolean masks along the last dim: (..., N), (..., N) -> (...,).
-
-    The shapes broadcast, e.g. pred (h, N) per head against target (N,). Two empty masks agree
-    perfectly, so their IoU is defined as 1.
-    """
-    inter = (pred & target).sum(-1).float()  # (...,)
-    union = (pred | target).sum(-1).float()  # (...,)
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))

@@ -1,6 +1,6 @@
 """A collapse watchdog: warn once when the teacher stays collapsed for several epochs.
 
-DINO has two trivial solutions (see `minidino.metrics`): every image sent to one prototype
+DINO has two trivial solutions (see `minidino.collapse`): every image sent to one prototype
 (teacher entropy near 0) or a flat teacher output (entropy near log K). A single bad epoch is
 common early in training, so the watchdog waits until the same collapse has lasted
 `patience_epochs` epochs in a row, then emits one `CollapseWarning` that names the collapse and
@@ -18,7 +18,7 @@ import math
 import warnings
 from pathlib import Path
 
-from minidino.metrics import collapse_mode
+from minidino.collapse import collapse_mode
 
 FIXES: dict[str, str] = {
     "one-prototype": (
@@ -47,7 +47,7 @@ class CollapseWatchdog:
     patience_epochs: how many epochs in a row must look collapsed before the warning; 0 disables
         the watchdog.
     tol: the band, as a fraction of log K, that counts as "near 0" or "near log K"
-        (`metrics.collapse_mode`).
+        (`collapse.collapse_mode`).
     """
 
     def __init__(self, out_dim: int, patience_epochs: int = 3, tol: float = 0.05) -> None:

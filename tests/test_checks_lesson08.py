@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from minidino import checks, viz
+from minidino import attention, checks
 from minidino.checks import CheckFailed
 
 
@@ -59,12 +59,13 @@ def mass_mask_stops_short(attn: Tensor, keep: float = 0.6) -> Tensor:
 
 
 def test_mass_mask_reference_and_correct_version_pass() -> None:
-    assert checks.attention_mass_mask(viz.attention_mass_mask) is viz.attention_mass_mask
+    reference = attention.attention_mass_mask
+    assert checks.attention_mass_mask(reference) is reference
     assert checks.attention_mass_mask(mass_mask_by_hand) is mass_mask_by_hand
 
 
 def test_mass_mask_stub_falls_back_to_reference() -> None:
-    assert checks.attention_mass_mask(mass_mask_stub) is viz.attention_mass_mask
+    assert checks.attention_mass_mask(mass_mask_stub) is attention.attention_mass_mask
 
 
 @pytest.mark.parametrize("wrong, words", [
@@ -81,11 +82,11 @@ def test_mass_mask_rejects_typical_mistakes(wrong, words: str) -> None:
 
 def test_mass_mask_reference_properties() -> None:
     attn = torch.tensor([[0.3, 0.2, 0.2, 0.2, 0.1], [0.05, 0.05, 0.8, 0.05, 0.05]])
-    mask = viz.attention_mass_mask(attn, 0.6)
+    mask = attention.attention_mass_mask(attn, 0.6)
     assert mask.tolist() == [[True, True, True, True, False], [False, False, True, False, False]]
-    assert viz.attention_mass_mask(torch.full((16,), 2.0), 0.6).all()  # uniform: all tied
+    assert attention.attention_mass_mask(torch.full((16,), 2.0), 0.6).all()  # uniform: all tied
     with pytest.raises(ValueError):
-        viz.attention_mass_mask(attn, 0.0)
+        attention.attention_mass_mask(attn, 0.0)
 
 
 # ---------------------------------------------------------------- Exercise 8.2
@@ -119,12 +120,12 @@ def iou_over_everything(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def test_iou_reference_and_correct_version_pass() -> None:
-    assert checks.mask_iou(viz.mask_iou) is viz.mask_iou
+    assert checks.mask_iou(attention.mask_iou) is attention.mask_iou
     assert checks.mask_iou(iou_by_hand) is iou_by_hand
 
 
 def test_iou_stub_falls_back_to_reference() -> None:
-    assert checks.mask_iou(iou_stub) is viz.mask_iou
+    assert checks.mask_iou(iou_stub) is attention.mask_iou
 
 
 @pytest.mark.parametrize("wrong, words", [
@@ -141,6 +142,6 @@ def test_iou_rejects_typical_mistakes(wrong, words: str) -> None:
 def test_iou_reference_values() -> None:
     pred = torch.tensor([[True, True, False, False], [False, False, False, False]])
     target = torch.tensor([True, False, True, False])
-    assert viz.mask_iou(pred, target).tolist() == pytest.approx([1 / 3, 0.0])
+    assert attention.mask_iou(pred, target).tolist() == pytest.approx([1 / 3, 0.0])
     empty = torch.zeros(4, dtype=torch.bool)
-    assert viz.mask_iou(empty, empty).item() == 1.0
+    assert attention.mask_iou(empty, empty).item() == 1.0

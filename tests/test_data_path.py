@@ -24,7 +24,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 import minidino.batches as batches_module
-import minidino.train as train_module
 from minidino.augment import small_image_config
 from minidino.batches import (
     WORKER_TIMEOUT_S,
@@ -34,11 +33,11 @@ from minidino.batches import (
     choose_data_mode,
     default_num_workers,
     free_memory,
+    make_batches,
 )
 from minidino.config import ConfigError, TrainConfig, fast_config
 from minidino.data import BadImageWarning, load_dataset, make_resident, to_tensor_images
 from minidino.presets import get_preset
-from minidino.train import make_batches
 
 GB = 2**30
 CROPS = small_image_config(16, n_local_crops=1)
@@ -173,13 +172,13 @@ def test_make_batches_says_which_path_auto_took_and_why(tmp_path, monkeypatch, c
                   data_path=str(_write_folder(tmp_path / "insects")), n_train=None,
                   batch_size=8, num_workers=0)
     split = load_dataset("folder", path=cfg.data_path, image_size=32)
-    monkeypatch.setattr(train_module, "free_memory", lambda device, in_ram: {"RAM": 1000})
+    monkeypatch.setattr(batches_module, "free_memory", lambda device, in_ram: {"RAM": 1000})
     batches = make_batches(cfg, split, torch.device("cpu"), progress=False)
     assert isinstance(batches, LoaderBatches) and split.images is None  # still read from disk
     assert capsys.readouterr().out == (
         "minidino: data_mode='auto' took the DataLoader path with 0 workers: 37 images of "
         "3x32x32 uint8 take 0.1 MB, over 25% of the free RAM (0.0 MB)\n")
-    monkeypatch.setattr(train_module, "free_memory", lambda device, in_ram: {"RAM": 8 * GB})
+    monkeypatch.setattr(batches_module, "free_memory", lambda device, in_ram: {"RAM": 8 * GB})
     with pytest.warns(BadImageWarning):
         batches = make_batches(cfg, split, torch.device("cpu"), progress=False)
     assert isinstance(batches, DeviceBatches) and split.images.shape == (36, 3, 32, 32)

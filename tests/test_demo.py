@@ -8,8 +8,10 @@ import torch
 
 from minidino.__main__ import main
 from minidino.config import fast_config
-from minidino.demo import evaluate_checkpoint, export_backbone, load_pretrained, run_demo
+from minidino.demo import run_demo
+from minidino.evaluate import evaluate_checkpoint
 from minidino.presets import get_preset
+from minidino.pretrained import export_backbone, load_pretrained
 
 
 def test_demo_trains_evaluates_and_draws(tmp_path, capsys):
@@ -86,7 +88,7 @@ def test_knn_top1_loads_image_datasets_quietly_when_asked(capsys):
 
 
 def test_random_init_like_has_the_pretrained_architecture_and_the_demo_baseline_weights():
-    from minidino.demo import random_init_like
+    from minidino.pretrained import random_init_like
     from minidino.step import build_backbone
 
     trained, random_init = load_pretrained(), random_init_like()

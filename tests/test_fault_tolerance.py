@@ -25,8 +25,9 @@ import torch
 import minidino.train as train_module
 from minidino.checkpoint import find_resume_checkpoint, load_checkpoint, save_checkpoint
 from minidino.config import fast_config
+from minidino.data import load_splits
 from minidino.presets import get_preset
-from minidino.train import load_splits, train
+from minidino.train import train
 
 # 64 images in batches of 8: 8 steps per epoch, 16 in all; a one-block model keeps steps quick
 ARGS = ["--n-train", "64", "--batch-size", "8", "--depth", "1", "--epochs", "2",

@@ -286,7 +286,7 @@ def test_koleo_is_added_on_the_student_backbone_cls_features_of_each_global_crop
 
 
 def test_dinov2_preset_trains_and_its_checkpoint_loads(tmp_path):
-    from minidino.demo import _backbone_from
+    from minidino.pretrained import backbone_from
     from minidino.train import train
 
     cfg = replace(fast_config(get_preset("dinov2-cifar10")), depth=1, out_dir=str(tmp_path),
@@ -297,5 +297,5 @@ def test_dinov2_preset_trains_and_its_checkpoint_loads(tmp_path):
     assert result["steps"] == 3
     state = torch.load(result["run_dir"] / "checkpoint.pt", weights_only=False)
     assert torch.count_nonzero(state["loss"]["ibot.center"]) > 0
-    backbone, _, _ = _backbone_from(result["run_dir"] / "checkpoint.pt", "teacher")
+    backbone, _, _ = backbone_from(result["run_dir"] / "checkpoint.pt", "teacher")
     assert hasattr(backbone, "mask_token") and backbone.n_registers == cfg.n_registers

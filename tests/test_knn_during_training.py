@@ -7,10 +7,12 @@ from dataclasses import replace
 
 import pytest
 
+from minidino.augment import crop_config
 from minidino.config import TrainConfig, fast_config
+from minidino.data import load_splits
 from minidino.evaluate import knn_top1
 from minidino.presets import get_preset
-from minidino.train import crop_config, load_splits, train
+from minidino.train import train
 from minidino.viz import plot_training_curves
 
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minidino.metrics import collapse_metrics, collapse_mode, entropy
+from minidino.collapse import collapse_metrics, collapse_mode, entropy
 
 
 def _softmax_list(row: list[float]) -> list[float]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minidino.demo import load_pretrained
+from minidino.pretrained import load_pretrained
 from minidino.propagation import (
     _boundary,
     evaluate_propagation,

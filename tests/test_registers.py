@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from minidino.attention import cls_attention_maps
 from minidino.augment_batched import normalize
 from minidino.propagation import patch_features
 from minidino.vit import VisionTransformer
-from minidino.viz import cls_attention_maps
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=3)
 

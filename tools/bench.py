@@ -82,8 +82,8 @@ def bench_train(args: argparse.Namespace) -> None:
     """images/s of the training step for each preset: model only, device path, DataLoader."""
     from dataclasses import replace
 
+    from minidino.device import pick_device
     from minidino.presets import get_preset
-    from minidino.train import pick_device
     from tools.bench_train import bench_training, format_rows
 
     device = pick_device(args.device)

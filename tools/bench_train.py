@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
+from minidino.augment import crop_config
 from minidino.batches import DeviceBatches, LoaderBatches
 from minidino.config import TrainConfig
 from minidino.data import TensorImageDataset
 from minidino.step import build_parts, build_student, train_step
-from minidino.train import crop_config
 
 # Dense bf16 tensor-core peaks (FLOP/s) used for MFU; unknown GPUs report no MFU.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "T4": 65e12}

@@ -19,16 +19,16 @@ import time
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
+from minidino.attention import best_head_iou
 from minidino.config import TrainConfig
-from minidino.demo import initial_backbone
+from minidino.data import load_splits
 from minidino.evaluate import knn_top1
 from minidino.presets import get_preset
+from minidino.pretrained import initial_backbone
 from minidino.propagation import evaluate_propagation
-from minidino.train import load_splits, train
+from minidino.train import train
 from minidino.video import make_video
-from minidino.viz import attention_mass_mask, cls_attention_maps, mask_iou
 
 RECIPES: dict[str, dict] = {
     "DINO": {},
@@ -38,23 +38,12 @@ RECIPES: dict[str, dict] = {
 }
 
 
-@torch.no_grad()
-def attention_iou(backbone: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
-    """Mean over images of the best head's IoU; images (N, 3, H, W) uint8, masks (N, H, W)."""
-    attn = cls_attention_maps(backbone, images)  # (N, h, gh, gw)
-    N, h, gh, gw = attn.shape
-    keep = attention_mass_mask(attn.reshape(N, h, gh * gw), 0.6).reshape(N, h, gh, gw)
-    pixels = F.interpolate(keep.float(), size=masks.shape[-2:], mode="nearest").bool()
-    iou = mask_iou(pixels.flatten(2), masks.flatten(1)[:, None, :].bool())  # (N, h)
-    return float(iou.max(dim=1).values.mean())
-
-
 def score(backbone: torch.nn.Module, cfg: TrainConfig, splits, video) -> dict[str, float]:
     train_split, test_split = splits
     backbone = backbone.eval()
     knn = knn_top1(backbone, train_split, test_split, cfg, torch.device("cpu"))
     n = min(500, test_split.images.shape[0])
-    iou = attention_iou(backbone, test_split.images[:n], test_split.masks[:n])
+    iou = best_head_iou(backbone, test_split.images[:n], test_split.masks[:n])
     j = evaluate_propagation(backbone, video[0], video[1])["J"]
     return {"knn_top1": knn["top1"], "attention_iou": iou, "propagation_j": j}
 

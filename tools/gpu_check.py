@@ -18,9 +18,10 @@ from dataclasses import replace
 
 import torch
 
+from minidino.data import load_splits
 from minidino.evaluate import knn_top1
 from minidino.presets import get_preset
-from minidino.train import load_splits, train
+from minidino.train import train
 from tools.bench import main as bench_main
 from tools.bench_train import bench_training, format_rows
 

@@ -29,16 +29,16 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from minidino.attention import attention_mass_mask, mask_iou
+from minidino.attention import best_head_iou as attention_iou
 from minidino.augment_batched import normalize
-from minidino.demo import initial_backbone
+from minidino.data import load_splits
 from minidino.evaluate import knn_accuracy, knn_top1
 from minidino.presets import get_preset
+from minidino.pretrained import initial_backbone
 from minidino.propagation import evaluate_propagation, j_score
 from minidino.scene_video import make_scene_video
-from minidino.train import load_splits
 from minidino.video import make_video
-from minidino.viz import attention_mass_mask, mask_iou
-from tools.compare import attention_iou
 
 
 def pixel_knn(train_split, test_split, n_eval: int) -> float:

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from minidino import collapse as metrics
 from minidino import loss as minidino_loss
-from minidino import metrics
 from minidino.checks._core import expect, expect_close, fail, run_check
 
 __all__ = ["softmax_with_temperature", "entropy", "cross_view_pairs", "dino_loss"]

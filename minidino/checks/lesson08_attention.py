@@ -1,6 +1,6 @@
 """Checks for lesson 08: masks that keep 60% of the attention, and their IoU with object masks.
 
-References: `minidino.viz.attention_mass_mask` and `minidino.viz.mask_iou`.
+References: `minidino.attention.attention_mass_mask` and `minidino.attention.mask_iou`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from minidino.attention import attention_mass_mask as _mass_mask_ref
+from minidino.attention import mask_iou as _mask_iou_ref
 from minidino.checks._core import expect, expect_close, run_check
-from minidino.viz import attention_mass_mask as _mass_mask_ref
-from minidino.viz import mask_iou as _mask_iou_ref
 
 __all__ = ["attention_mass_mask", "mask_iou"]
 
@@ -79,7 +79,7 @@ def _mass_mask_trials(fn: MassMaskFn) -> int:
 
 
 def attention_mass_mask(fn: MassMaskFn) -> MassMaskFn:
-    """Check Exercise 8.1 against `minidino.viz.attention_mass_mask`."""
+    """Check Exercise 8.1 against `minidino.attention.attention_mass_mask`."""
     return run_check("Exercise 8.1 (attention_mass_mask)", fn, _mass_mask_ref, _mass_mask_trials)
 
 
@@ -130,5 +130,5 @@ def _iou_trials(fn: IoUFn) -> int:
 
 
 def mask_iou(fn: IoUFn) -> IoUFn:
-    """Check Exercise 8.2 against `minidino.viz.mask_iou`."""
+    """Check Exercise 8.2 against `minidino.attention.mask_iou`."""
     return run_check("Exercise 8.2 (mask_iou)", fn, _mask_iou_ref, _iou_trials)

@@ -1,0 +1,76 @@
+"""What the CLS token looks at: its attention maps per head, and how well they cover objects.
+
+DINO's finding (paper, section 4.2.1 and Figure 3): in the last block, the CLS token's attention
+of a self-distilled ViT falls on the objects of an image, each head on a part, without any
+label or mask in training. To measure it, keep the patches that hold most of a head's attention
+(`attention_mass_mask`, 60% of the mass as in the paper), compare that mask with the object
+mask (`mask_iou`), and take the best head (`best_head_iou`); always next to the same network at
+random initialisation and a trivial baseline.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from minidino.augment import normalize
+from minidino.vit import VisionTransformer
+
+
+@torch.no_grad()
+def cls_attention_maps(backbone: VisionTransformer, images: Tensor) -> Tensor:
+    """Last-layer attention of the CLS token to every patch, per head.
+
+    images: uint8 (B, 3, H, W) -> (B, h, H/p, W/p), each map summing to 1 over its patches
+    (register tokens excluded, the rest renormalised).
+    """
+    was_training = backbone.training
+    backbone.eval()
+    x = normalize(images.to(next(backbone.parameters()).device))  # (B, 3, H, W)
+    attn = backbone.get_last_selfattention(x).float()  # (B, h, T, T)
+    backbone.train(was_training)
+    p = backbone.patch_size
+    gh, gw = images.shape[-2] // p, images.shape[-1] // p
+    cls_to_patches = attn[:, :, 0, backbone.num_prefix_tokens:]  # (B, h, N)
+    cls_to_patches = cls_to_patches / cls_to_patches.sum(-1, keepdim=True)
+    return cls_to_patches.reshape(*cls_to_patches.shape[:2], gh, gw).cpu()  # (B, h, gh, gw)
+
+
+def attention_mass_mask(attn: Tensor, keep: float = 0.6) -> Tensor:
+    """The smallest set of patches that holds at least `keep` of the attention (DINO, Fig. 4).
+
+    attn: non-negative weights (..., N), e.g. (h, N) or (B, h, N); they need not sum to 1
+    -> bool (..., N). Patches are taken from the highest attention down until their share of the
+    total reaches `keep`. Ties: patches with the same weight as the last one taken are kept too,
+    so equal weights are never split (uniform attention keeps every patch).
+    """
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep={keep} must be in (0, 1]")
+    values = attn.detach().double().sort(dim=-1, descending=True).values  # (..., N)
+    share = values.cumsum(-1) / values.sum(-1, keepdim=True)  # (..., N), rises to 1
+    n_before = (share < keep - 1e-9).sum(-1, keepdim=True)  # (..., 1) patches before the last
+    cut = values.gather(-1, n_before.clamp(max=attn.shape[-1] - 1))  # (..., 1) least kept weight
+    return attn.double() >= cut  # (..., N)
+
+
+def mask_iou(pred: Tensor, target: Tensor) -> Tensor:
+    """Intersection over union of boolean masks along the last dim: (..., N), (..., N) -> (...,).
+
+    The shapes broadcast, e.g. pred (h, N) per head against target (N,). Two empty masks agree
+    perfectly, so their IoU is defined as 1.
+    """
+    inter = (pred & target).sum(-1).float()  # (...,)
+    union = (pred | target).sum(-1).float()  # (...,)
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+@torch.no_grad()
+def best_head_iou(backbone: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean over images of the best head's IoU; images (N, 3, H, W) uint8, masks (N, H, W)."""
+    attn = cls_attention_maps(backbone, images)  # (N, h, gh, gw)
+    N, h, gh, gw = attn.shape
+    keep = attention_mass_mask(attn.reshape(N, h, gh * gw), 0.6).reshape(N, h, gh, gw)
+    pixels = F.interpolate(keep.float(), size=masks.shape[-2:], mode="nearest").bool()
+    iou = mask_iou(pixels.flatten(2), masks.flatten(1)[:, None, :].bool())  # (N, h)
+    return float(iou.max(dim=1).values.mean())
