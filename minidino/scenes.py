@@ -33,7 +33,6 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from minidino.scene_paint import (
     SCENE_CLASSES,
@@ -49,6 +48,7 @@ from minidino.scene_paint import (
     radius_for_area,
     to_image,
 )
+from minidino.shapes import BuiltInImages
 
 __all__ = ["SCENES_STYLES", "SCENE_CLASSES", "SCENE_TEXTURES", "Scenes", "ScenesDataset",
            "ScenesStyle", "make_scenes", "plot_scenes", "scenes_style"]
@@ -185,7 +185,7 @@ def make_scenes(n: int, image_size: int = 32, style: str | ScenesStyle = "defaul
     return Scenes(images, labels, instances, classes, areas)
 
 
-class ScenesDataset(Dataset):
+class ScenesDataset(BuiltInImages):
     """The built-in scenes as a torch Dataset, held in memory (`load_dataset("scenes")`).
 
     split "train" (default 10,000 images) or "test" (default 2,000) draws from seeds 2 * seed and
@@ -209,18 +209,6 @@ class ScenesDataset(Dataset):
         self.images, self.labels, self.areas = scenes.images, scenes.labels, scenes.areas
         self.instances = scenes.instances.to(torch.uint8)  # ids <= 8: a quarter of the memory
         self.masks, self.instance_classes = self.instances > 0, scenes.classes
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        image: Any = self.images[i]  # (3, H, W) uint8
-        if self.as_pil:
-            from torchvision.transforms.functional import to_pil_image
-            image = to_pil_image(image)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[i])
 
 
 def plot_scenes(images: Tensor, instances: Tensor, labels: Tensor | None = None,

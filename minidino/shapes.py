@@ -260,7 +260,30 @@ def make_shapes(n: int, image_size: int = 32, difficulty: str | ShapesStyle = "e
     return images, labels, masks
 
 
-class ShapesDataset(Dataset):
+class BuiltInImages(Dataset):
+    """A built-in dataset held in memory: `images` uint8 (N, 3, H, W) and `labels` (N,). An item
+    is (image, label): the uint8 tensor (3, H, W), or a PIL image when `as_pil` is set, passed
+    through `transform` if one is given."""
+
+    images: Tensor
+    labels: Tensor
+    transform: Any = None
+    as_pil: bool = False
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        image: Any = self.images[i]  # (3, H, W) uint8
+        if self.as_pil:
+            from torchvision.transforms.functional import to_pil_image
+            image = to_pil_image(image)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[i])
+
+
+class ShapesDataset(BuiltInImages):
     """The built-in dataset as a torch Dataset, held in memory.
 
     split "train" (default 10,000 images) or "test" (default 2,000) draws from seeds 2 * seed and
@@ -283,14 +306,3 @@ class ShapesDataset(Dataset):
         seed = 2 * seed + (0 if split == "train" else 1)  # a seed of its own for each split
         self.images, self.labels, self.masks = make_shapes(n_images, image_size, difficulty, seed)
 
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        image: Any = self.images[i]  # (3, H, W) uint8
-        if self.as_pil:
-            from torchvision.transforms.functional import to_pil_image
-            image = to_pil_image(image)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[i])
