@@ -18,7 +18,8 @@ on the built-in scenes and, for comparison, the built-in shapes it trains on tod
   `minidino.video` and on the scene video of `minidino.scene_video`.
 * brightness (the mean of R, G, B) of object and background pixels over the held-out split: mean
   +- std of all pixels, and the mean over images of |object mean - background mean|.
-Nothing is trained. Prints two markdown tables.
+Nothing is trained. Prints two markdown tables. With --teacher CHECKPOINT (a run on the scenes)
+the first table gains a row for that run's teacher: its kNN, IoU and J on the same images.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from minidino.augment_batched import normalize
 from minidino.data import load_splits
 from minidino.evaluate import knn_accuracy, knn_top1
 from minidino.presets import get_preset
-from minidino.pretrained import initial_backbone
+from minidino.pretrained import backbone_from, initial_backbone
 from minidino.propagation import evaluate_propagation, j_score
 from minidino.scene_video import make_scene_video
 from minidino.video import make_video
@@ -81,6 +82,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-iou", type=int, default=500, help="held-out images for the IoU")
     parser.add_argument("--patch-size", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--teacher", default=None, help="a training checkpoint to score too")
     args = parser.parse_args()
     base = get_preset("cpu-demo")
     base = replace(base, patch_size=args.patch_size or base.patch_size)
@@ -103,9 +105,18 @@ def main() -> None:
             f"{evaluate_propagation(backbone, frames, video_masks)['J']:.3f}",
             f"{still_j(video_masks):.3f}"]
         colours[dataset] = brightness(test_split.images, test_split.masks)
-    print(f"cpu-demo preset at random initialisation, patch {base.patch_size}")
-    print("| built-in | kNN pixels | kNN random ViT | IoU random ViT | IoU centred blob | "
-          "IoU whole image | J random ViT | J frame 0 held still |")
+        if args.teacher and dataset == "scenes":
+            teacher, teacher_cfg, _ = backbone_from(args.teacher, "teacher")
+            teacher = teacher.eval()
+            knn = knn_top1(teacher, train_split, test_split, replace(cfg, n_train=None),
+                           torch.device("cpu"), progress=False)
+            rows["scenes, trained teacher"] = [
+                "-", f"{knn['top1']:.1f}%", f"{attention_iou(teacher, images, masks):.3f}",
+                "-", "-", f"{evaluate_propagation(teacher, frames, video_masks)['J']:.3f}", "-"]
+    print(f"cpu-demo preset at random initialisation, patch {base.patch_size} (the ViT columns "
+          "are the random ViT's, except in the trained teacher's row)")
+    print("| built-in | kNN pixels | kNN ViT | IoU ViT | IoU centred blob | "
+          "IoU whole image | J ViT | J frame 0 held still |")
     print("| --- |" + " ---: |" * 7)
     for dataset, cells in rows.items():
         print(f"| {dataset} | " + " | ".join(cells) + " |")
