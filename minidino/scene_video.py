@@ -36,6 +36,7 @@ from minidino.scene_paint import (
     to_image,
 )
 from minidino.scenes import ScenesStyle, scenes_style
+from minidino.video import check_video_size
 
 
 class SceneVideo(NamedTuple):
@@ -54,10 +55,7 @@ def make_scene_video(n_frames: int = 12, image_size: int = 96, n_objects: int = 
     bytes. speed: pixels per frame; spin: the largest turn per frame, in radians. Areas, textures,
     colours and the least visible share come from `style` (see `minidino.scenes.ScenesStyle`).
     The defaults match `minidino.video.make_video`'s (12 frames of 96 px, 2 pixels per frame)."""
-    if not isinstance(n_frames, int) or n_frames < 1:
-        raise ValueError(f"n_frames={n_frames!r} must be a positive int")
-    if not isinstance(image_size, int) or image_size < 16:
-        raise ValueError(f"image_size={image_size!r} must be an int >= 16")
+    check_video_size(n_frames, image_size)
     if not isinstance(n_objects, int) or not 1 <= n_objects <= len(SCENE_CLASSES):
         raise ValueError(f"n_objects={n_objects!r} must be an int in [1, {len(SCENE_CLASSES)}]")
     if speed < 0 or spin < 0:

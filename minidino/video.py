@@ -48,10 +48,7 @@ def make_video(n_frames: int = 12, image_size: int = 96, n_objects: int = 2, see
     fraction of the side. pixel_noise, blotch_noise: std of per-pixel and of smooth brightness
     noise (0 for both gives flat colours, exactly `colours`, away from the anti-aliased edges).
     """
-    if not isinstance(n_frames, int) or n_frames < 1:
-        raise ValueError(f"n_frames={n_frames!r} must be a positive int")
-    if not isinstance(image_size, int) or image_size < 16:
-        raise ValueError(f"image_size={image_size!r} must be an int >= 16")
+    check_video_size(n_frames, image_size)
     if not isinstance(n_objects, int) or not 0 <= n_objects <= len(SHAPE_CLASSES):
         raise ValueError(f"n_objects={n_objects!r} must be an int in [0, {len(SHAPE_CLASSES)}]")
     if not 0.05 <= size_range[0] <= size_range[1] <= 1.0:
@@ -150,3 +147,11 @@ def load_davis(root: str | Path, sequence: str, resolution: str = "480p") -> tup
     if len({f.shape for f in frames}) > 1:
         raise ValueError(f"the frames of {sequence!r} differ in size")
     return torch.stack(frames), torch.stack(masks)  # (T, 3, H, W), (T, H, W)
+
+
+def check_video_size(n_frames: int, image_size: int) -> None:
+    """A built-in video has at least one frame of at least 16 x 16 pixels."""
+    if not isinstance(n_frames, int) or n_frames < 1:
+        raise ValueError(f"n_frames={n_frames!r} must be a positive int")
+    if not isinstance(image_size, int) or image_size < 16:
+        raise ValueError(f"image_size={image_size!r} must be an int >= 16")
