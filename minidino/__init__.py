@@ -23,6 +23,7 @@ The modules, in the order the lessons teach them, then the run around them:
     propagation.py      11  video label propagation, J and F
 
     config.py           the training config: every knob, its reason, its validation
+    config_cli.py       the config on the command line: one --field-name option per field
     presets.py          named configs: cpu-demo, cifar10, imagenette, ibot-cifar10, ...
     device.py           where training runs (cuda, then mps, then cpu)
     distributed.py      several processes with torchrun (DDP)

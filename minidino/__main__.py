@@ -21,11 +21,10 @@ from typing import NoReturn
 
 from minidino.config import (
     TrainConfig,
-    add_config_arguments,
-    config_from_args,
     fast_config,
     fast_mode,
 )
+from minidino.config_cli import add_config_arguments, config_from_args
 from minidino.presets import PRESETS, get_preset
 
 # The preset of each command when --preset is not given; its values are shown in --help.

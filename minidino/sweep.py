@@ -36,11 +36,10 @@ from typing import Any
 
 from minidino.config import (
     TrainConfig,
-    add_config_arguments,
-    config_from_args,
     fast_config,
     fast_mode,
 )
+from minidino.config_cli import add_config_arguments, config_from_args
 from minidino.presets import get_preset
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -64,18 +63,15 @@ def parse_runs(pairs: list[tuple[str, str]], seeds: list[int] | None = None) -> 
     if not pairs:
         raise ValueError("a sweep needs at least one run: --run NAME \"OPTIONS\" "
                          "(OPTIONS may be \"\" for the preset itself)")
-    runs = []
+    runs, several_seeds = [], len(seeds or []) > 1
     for name, options in pairs:
         if not _NAME.match(name):
             raise ValueError(f"run name {name!r} is not allowed: letters, digits, '.', '_' "
                              "and '-', starting with a letter or digit")
         tokens = shlex.split(options)
         for seed in seeds or [None]:
-            if seed is None or len(seeds or []) == 1:
-                extra = [] if seed is None else ["--seed", str(seed)]
-                runs.append(SweepRun(name, tokens + extra))
-            else:
-                runs.append(SweepRun(f"{name}-s{seed}", tokens + ["--seed", str(seed)]))
+            extra = [] if seed is None else ["--seed", str(seed)]
+            runs.append(SweepRun(f"{name}-s{seed}" if several_seeds else name, tokens + extra))
     names = [r.name for r in runs]
     doubled = sorted({n for n in names if names.count(n) > 1})
     if doubled:

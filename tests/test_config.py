@@ -10,10 +10,9 @@ import pytest
 from minidino.__main__ import main
 from minidino.config import (
     TrainConfig,
-    add_config_arguments,
-    config_from_args,
     fast_config,
 )
+from minidino.config_cli import add_config_arguments, config_from_args
 from minidino.presets import PRESETS, get_preset
 
 
