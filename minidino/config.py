@@ -24,6 +24,8 @@ ARCHS = tuple(VIT_SIZES)  # vit_nano, vit_tiny, vit_small, vit_base
 DATASETS = ("shapes", "scenes", "cifar10", "cifar100", "imagenette", "folder")
 DIFFICULTIES = ("easy", "medium", "hard")  # the built-in shapes' styles
 DEVICES, DATA_PATHS = ("auto", "cpu", "cuda", "mps"), ("auto", "device", "loader")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compile modes that use CUDA graphs
 
 
 def fast_mode() -> bool:
@@ -197,6 +199,14 @@ class TrainConfig:
                                 "span all epochs (a first look at a long run); None: all")
     compile: bool = opt(False, "torch.compile the forward pass: a slow first step, then faster "
                         "steps on a GPU")
+    compile_mode: str = opt("default", "torch.compile's mode when compile is true: default; "
+                            "reduce-overhead (CUDA graphs: each step's forward and backward "
+                            "replayed with one launch, for small models whose steps wait on "
+                            "kernel launches; needs the same crop shapes every step, as the "
+                            "device path gives); max-autotune (CUDA graphs, and the fastest "
+                            "matmul kernels searched at the first step: a slower start); "
+                            "max-autotune-no-cudagraphs; a CPU has no CUDA graphs, there "
+                            "reduce-overhead compiles as default")
     collapse_patience: int = opt(3, "warn after this many epochs in a row of teacher entropy "
                                  "near 0 (one prototype) or near log K (uniform), DINO's two "
                                  "collapses (centering center only; 0: never)")
@@ -263,7 +273,7 @@ def _validate(c: TrainConfig) -> None:
              f"must be {_KIND_WORDS[kind]}{' or None' if optional else ''}")
     for name, allowed in (("dataset", DATASETS), ("difficulty", DIFFICULTIES), ("arch", ARCHS),
                           ("device", DEVICES), ("data_mode", DATA_PATHS),
-                          ("centering", CENTERINGS)):
+                          ("centering", CENTERINGS), ("compile_mode", COMPILE_MODES)):
         need(getattr(c, name) in allowed, name, f"one of {allowed}")
     for name in ("image_size", "patch_size", "out_dim", "hidden_dim", "bottleneck_dim",
                  "global_size", "local_size", "epochs", "batch_size", "log_every", "embed_dim",
@@ -314,6 +324,8 @@ def _validate(c: TrainConfig) -> None:
          "dataset='folder' needs --data-path pointing to one folder per class")
     need(c.dataset == "folder" or c.data_path is None, "data_path",
          f"only dataset='folder' reads it (dataset={c.dataset!r}); leave it None")
+    need(c.compile or c.compile_mode == "default", "compile_mode",
+         "only compile=true reads it: set --compile true too, or leave it 'default'")
     for name in ("data_root", "out_dir", "run_name"):
         need(getattr(c, name).strip() != "", name, "must not be empty")
 

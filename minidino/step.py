@@ -12,24 +12,42 @@ The step, in the order it happens:
 With `cfg.ibot` the student sees its global crops with blocks of patches masked (the teacher sees
 them intact) and the iBOT patch loss is added (see minidino/ibot.py); with `cfg.koleo_weight > 0`
 DINOv2's KoLeo term on the student's CLS features of each global crop is added too.
+
+The fast path (this is the one place that describes it). The step above is what every run does;
+what makes it fast on a GPU is how it is run, not what it computes:
+- always on: the step reads no value back from the device. The loss is returned as a 0-d
+  tensor on the device and `minidino.train` reads the losses of many steps at once, at its log
+  steps only, so the CPU can queue the next steps while the GPU works. The learning rate, weight
+  decay, momentum and temperature come from schedules held on the CPU, the EMA pairs the
+  teacher's and the student's parameters once (`TeacherEMA`), AdamW is fused on CUDA, and the
+  iBOT masks go to the GPU from pinned memory without waiting. (iBOT picks the masked patch
+  tokens, a number known only on the device, so with iBOT the CPU still waits there.)
+- the switch: `--compile true` compiles the forward pass (`torch.compile`); `--compile-mode`
+  picks how. `reduce-overhead` records the compiled forward and backward as CUDA graphs and
+  replays each with one launch: meant for small models (ViT-Tiny at 32 px), whose steps are
+  many small kernels; `max-autotune` adds a search for the fastest matmul kernels at the first
+  step. Both need the same crop shapes every step (the device path drops the last partial
+  batch, so they are). A CPU has no CUDA graphs: there `reduce-overhead` compiles as `default`.
+  Compiled steps give the same losses as eager ones up to float rounding (tests/test_fast_path.py
+  states the tolerance).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from minidino.config import TrainConfig
+from minidino.config import CUDA_GRAPH_MODES, TrainConfig
 from minidino.distributed import is_distributed, rank, rank_seed, wrap_ddp
 from minidino.head import DINOHead, MultiCropWrapper, cancel_last_layer_gradients
 from minidino.ibot import IBOTLoss, IBOTOutput, IBOTWrapper, block_masks
 from minidino.koleo import koleo_loss
 from minidino.loss import DINOLoss
 from minidino.schedules import Schedules
-from minidino.teacher import build_teacher, ema_update_
+from minidino.teacher import TeacherEMA, build_teacher
 from minidino.vit import VIT_FACTORIES, VisionTransformer
 
 
@@ -79,6 +97,10 @@ class DINOParts:
     steps_per_epoch: int
     device: torch.device
     ddp: nn.Module | None = None  # the student inside DistributedDataParallel, under torchrun
+    ema: TeacherEMA = field(init=False, repr=False)  # the teacher's EMA, parameters paired once
+
+    def __post_init__(self) -> None:
+        self.ema = TeacherEMA(self.teacher, self.student)
 
     def forward(self, crops: list[Tensor], masks: Tensor | None = None) -> tuple[Any, Any]:
         """(student_out, teacher_out): (n_crops*B, K) and (2*B, K) logits, or for an
@@ -112,26 +134,31 @@ def build_parts(cfg: TrainConfig, steps_per_epoch: int, device: torch.device) ->
         parts.ddp = wrap_ddp(student, device)
     if rank() > 0:
         torch.manual_seed(rank_seed(cfg.seed, rank()))
-    if cfg.compile:
-        parts.forward = torch.compile(parts.forward)  # type: ignore[method-assign]
+    if cfg.compile:  # the fast path's switch: see the module docstring
+        mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+        parts.forward = torch.compile(parts.forward, mode=mode)  # type: ignore[method-assign]
     return parts
 
 
 def train_step(parts: DINOParts, crops: list[Tensor], step: int) -> dict[str, Any]:
     """Run step number `step` on `crops` (list of (B, 3, S, S)); return the loss (a 0-d tensor
     still on the device, so nothing waits for the GPU) and both outputs."""
-    cfg, sched, optimizer = parts.cfg, parts.schedules, parts.optimizer
+    cfg, optimizer = parts.cfg, parts.optimizer
+    now = parts.schedules.at(step)  # this step's lr, weight decay, momentum, temperatures
     for i, group in enumerate(optimizer.param_groups):
-        group["lr"] = float(sched.lr[step])
+        group["lr"] = now.lr
         if i == 0:  # the group with weight decay
-            group["weight_decay"] = float(sched.weight_decay[step])
-    teacher_temp = float(sched.teacher_temp[step])
+            group["weight_decay"] = now.weight_decay
+    teacher_temp = now.teacher_temp
     masks = None
+    cuda = parts.device.type == "cuda"
     if cfg.ibot:  # drawn on the CPU for the 2 global crops of every image
         h, w = (size // cfg.patch_size for size in crops[0].shape[-2:])
         masks = block_masks(2 * crops[0].shape[0], (h, w), cfg.mask_ratio, cfg.mask_prob)
-        masks = masks.flatten(1).to(parts.device, non_blocking=True)  # (2*B, N)
-    cuda = parts.device.type == "cuda"
+        masks = masks.flatten(1)  # (2*B, N)
+        masks = (masks.pin_memory() if cuda else masks).to(parts.device, non_blocking=True)
+    if cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and cuda:
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be reused
     with torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=cuda):
         student_out, teacher_out = parts.forward(crops, masks)  # (n_crops*B, K), (2*B, K)
     terms: dict[str, Tensor] = {}
@@ -148,7 +175,7 @@ def train_step(parts: DINOParts, crops: list[Tensor], step: int) -> dict[str, An
     cancel_last_layer_gradients(parts.student, step // parts.steps_per_epoch,
                                 cfg.freeze_last_layer)
     optimizer.step()
-    ema_update_(parts.teacher, parts.student, float(sched.teacher_momentum[step]))
+    parts.ema.update_(now.teacher_momentum)  # = ema_update_(teacher, student, momentum)
     return {"loss": loss.detach(), "student_out": student_out.detach(),
             "teacher_out": teacher_out.detach(), "teacher_temp": teacher_temp, **terms}
 
@@ -157,14 +184,13 @@ def extra_losses(parts: DINOParts, student_out: IBOTOutput, teacher_out: IBOTOut
                  masks: Tensor | None, step: int) -> tuple[Tensor, dict[str, Tensor]]:
     """The DINO loss on the CLS tokens, plus the iBOT patch loss and the KoLeo term when they
     are on; returns the total and each term (detached): dino_loss, ibot_loss, koleo_loss."""
-    cfg, sched = parts.cfg, parts.schedules
-    loss = parts.loss_fn(student_out.cls.float(), teacher_out.cls.float(),
-                         float(sched.teacher_temp[step]))
+    cfg, now = parts.cfg, parts.schedules.at(step)
+    loss = parts.loss_fn(student_out.cls.float(), teacher_out.cls.float(), now.teacher_temp)
     terms = {"dino_loss": loss.detach()}
     if cfg.ibot:
         assert masks is not None and student_out.patches is not None
         patch = parts.loss_fn.ibot(student_out.patches, teacher_out.patches, masks,
-                                   float(sched.ibot_teacher_temp[step]))
+                                   now.ibot_teacher_temp)
         loss = loss + cfg.ibot_loss_weight * patch
         terms["ibot_loss"] = patch.detach()
     if cfg.koleo_weight > 0:  # within each global crop's batch, averaged over the 2 crops

@@ -232,8 +232,9 @@ class TrainingLog:
         diag = collapse_metrics(out["teacher_out"].float(), out["student_out"].float(),
                                 self.parts.loss_fn.center, out["teacher_temp"],
                                 self.cfg.student_temp)
-        diag.update({k: float(out[k]) for k in ("dino_loss", "ibot_loss", "koleo_loss")
-                     if k in out})
+        terms = [k for k in ("dino_loss", "ibot_loss", "koleo_loss") if k in out]
+        if terms:  # read back together: one wait for the device, not one per term
+            diag.update(zip(terms, torch.stack([out[k] for k in terms]).tolist(), strict=True))
         diag["images_per_s"] = self.seen / (time.perf_counter() - self.t0)
         self.epoch_diags.append(diag)
         return diag
