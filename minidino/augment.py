@@ -45,6 +45,7 @@ from minidino.augment_batched import (
     adjust_saturation,
     blur_kernel_size,
     check_images,
+    device_constant,
     gaussian_blur,
     normalize,
     resized_crop_batched,
@@ -242,7 +243,7 @@ class BatchedMultiCrop:
                       generator: torch.Generator | None, device: Any) -> CropParams:
         cfg, C = self.cfg, len(blur_p)
         rand = lambda: torch.rand(C, B, generator=generator, device=device)  # (C, B) in [0, 1)
-        per_crop = lambda p: torch.tensor(p, device=device).view(C, 1)  # (C, 1)
+        per_crop = lambda p: device_constant(p, device).view(C, 1)  # (C, 1), made once
         jitter = rand() < cfg.jitter_p  # (C, B)
 
         def factor(strength: float) -> Tensor:  # ColorJitter: uniform in [max(0, 1-s), 1+s]

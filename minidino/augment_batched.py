@@ -22,7 +22,9 @@ How:
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -48,6 +50,31 @@ def check_images(images: Any, ranks: tuple[int, ...], name: str = "images") -> N
         raise ValueError(f"{name} has dtype {images.dtype}: allowed are uint8 or float in [0, 1]")
 
 
+def device_constant(values: Sequence[float], device: torch.device | str | None) -> Tensor:
+    """`torch.tensor(values)` (floats, torch's default dtype) on `device`, made once per
+    (values, device, dtype) and then shared by every caller: read it, never change it in place.
+
+    Why: torch.tensor copies Python numbers from host memory to the device, and on CUDA such a
+    copy makes the CPU wait for the work queued on the GPU. The batched crops need a few small
+    constants at every step (normalisation's mean and std, the probabilities of each crop); made
+    once, they cost no copy after the first step. device None (torch's default device) is not
+    cached.
+    """
+    values, dtype = tuple(float(v) for v in values), torch.get_default_dtype()
+    if device is None:
+        return torch.tensor(values, dtype=dtype)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" is the current GPU
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _device_constant(values, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _device_constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype
+                     ) -> Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def to_float(images: Tensor) -> Tensor:
     """uint8 0..255 -> float32 0..1; float input is taken to be in [0, 1] already."""
     return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
@@ -59,8 +86,8 @@ def normalize(images: Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
     check_images(images, ranks=(3, 4))
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f"mean={mean}, std={std}: need 3 values each, std > 0")
-    m = torch.tensor(mean, device=images.device).view(3, 1, 1)  # (3, 1, 1)
-    s = torch.tensor(std, device=images.device).view(3, 1, 1)  # (3, 1, 1)
+    m = device_constant(mean, images.device).view(3, 1, 1)  # (3, 1, 1), made once per device
+    s = device_constant(std, images.device).view(3, 1, 1)  # (3, 1, 1)
     return (to_float(images) - m) / s  # same shape as images
 
 
@@ -215,7 +242,7 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     sector = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))  # (B, H, W)
     # greys (chroma 0) have no hue; any value works since chroma * ramp is then 0
     hue6 = numerator / torch.where(chroma > 0, chroma, 1.0) + sector + 6.0 * shift.view(-1, 1, 1)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+    n = device_constant((5.0, 3.0, 1.0), x.device).view(1, 3, 1, 1)  # (1, 3, 1, 1)
     k = (hue6.unsqueeze(1) + n).remainder_(6.0)  # (B, 3, H, W)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)  # (B, 3, H, W)
     return ramp.mul_(chroma.unsqueeze(1)).neg_().add_(high.unsqueeze(1))  # max - chroma * ramp

@@ -60,7 +60,8 @@ def sinkhorn_knopp(teacher_out: Tensor, teacher_temp: float, n_iters: int = 3) -
         raise ValueError(f"teacher_out must be (B, K), got shape {tuple(teacher_out.shape)}")
     log_q = teacher_out.detach().float().T / teacher_temp  # (K, B) log of the unnormalised Q
     K, n_local = log_q.shape
-    B = torch.tensor(float(n_local), device=log_q.device)  # images on all processes
+    # images on all processes, as a tensor made on the device (no copy from the host)
+    B = torch.full((), float(n_local), device=log_q.device)
     if _distributed():
         dist.all_reduce(B)
     log_K, log_B = math.log(K), B.log()

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from minidino import train as train_module
+from minidino.batches import make_batches
 from minidino.config import ConfigError, TrainConfig, fast_config
 from minidino.data import DatasetSplit, TensorImageDataset
 from minidino.head import cancel_last_layer_gradients
@@ -197,6 +198,30 @@ def test_the_loop_reads_back_only_at_its_log_steps(tmp_path: Path, split,
     log_steps = {2, 5, 7}  # after steps 3, 6 and the last, 8
     for i, counts in enumerate(reads["log"]):
         assert (sum(counts.values()) > 0) == (i in log_steps), (i, counts)
+
+
+@pytest.mark.parametrize("centering", ["center", "sinkhorn"])
+def test_crops_and_step_make_no_tensor_from_host_data_after_the_first_step(
+        split, centering: str) -> None:
+    # The whole step of a run on the device path, the batched crops included: `cpu-demo`'s
+    # crops (2 global, 4 local; blur, solarization) and model (one block here), over two epochs.
+    # The crops' constants (probabilities of each crop, normalisation's mean and std, the hue
+    # rotation's) are made from Python numbers once, at the first step, and reused; after it,
+    # nothing is read back and no tensor is made from host data. Sinkhorn-Knopp centering too.
+    cfg = replace(get_preset("cpu-demo"), depth=1, n_train=None, data_mode="device",
+                  centering=centering)
+    device = torch.device("cpu")
+    batches = make_batches(cfg, split, device, progress=False)
+    assert batches.steps_per_epoch == 2
+    parts = build_parts(cfg, steps_per_epoch=2, device=device)
+    steps = (crops for epoch in range(2) for crops in batches.epoch(epoch))
+    counts = []
+    for step in range(4):
+        with counting(HostReads()) as counter:
+            train_step(parts, next(steps), step)  # the crops are made here, then the step runs
+        counts.append(counter.counts)
+    assert set(counts[0]) <= {"lift_fresh"}, counts[0]  # the constants, made once
+    assert counts[1:] == [Counter()] * 3, counts
 
 
 def test_compile_mode_is_checked() -> None:

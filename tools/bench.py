@@ -5,9 +5,16 @@ and prints the ratio, because on a shared machine absolute numbers move by +-20%
 run while a ratio measured within one run moves much less.
 
 Subcommands:
-  augment   multi-crop augmentation: per-image torchvision pipeline vs batched tensor ops.
-  train     the training step: model only, end to end on the device path and on the
-            DataLoader path (see tools/bench_train.py).
+  augment    multi-crop augmentation: per-image torchvision pipeline vs batched tensor ops.
+  train      the training step per preset: model only, end to end on the device path and on
+             the DataLoader path (`bench_training` in tools/bench_train.py).
+  fast-path  the full training report of issue 17, per batch size: the per-image DataLoader
+             path (the baseline), the device path eager, compiled and on the fast path, and
+             `train` itself, each with images/s, the ratio to the baseline, MFU and peak memory;
+             the fast path's first losses against the eager path's; on CUDA the host syncs per
+             step. The same as `python -m tools.bench_train`, whose options it takes
+             (`python -m tools.bench fast-path --help`). On a GPU it runs the `cifar10` preset
+             at batches 512 and 1,024; on a CPU only a short smoke test of the script.
 
 Add a subcommand by writing `bench_<name>(args)` and registering it in `build_parser`.
 """
@@ -101,6 +108,13 @@ def bench_train(args: argparse.Namespace) -> None:
         print(format_rows(title, rows), flush=True)
 
 
+def bench_fast_path(args: argparse.Namespace) -> None:
+    """The report of tools/bench_train.py, with the options that follow `fast-path`."""
+    from tools.bench_train import main as bench_train_main
+
+    bench_train_main(args.options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated torch thread counts to run both at, e.g. '1,default' "
                         "('default' = torch's); 1 compares per core, as a DataLoader worker runs")
     p.set_defaults(func=bench_augment)
-    p = sub.add_parser("train", help="training step: model only, device path, DataLoader path")
+    p = sub.add_parser("train", help="training step per preset: model only, device path, "
+                       "DataLoader path (the full report of issue 17: fast-path)")
     p.add_argument("--preset", default="cpu-demo,cifar10",
                    help="comma-separated presets to measure")
     p.add_argument("--device", default="auto")
@@ -124,11 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for its row")
     p.add_argument("--no-loader", action="store_true", help="skip the DataLoader row")
     p.set_defaults(func=bench_train)
+    # its options are tools/bench_train.py's and pass through unparsed (see `main`)
+    p = sub.add_parser("fast-path", add_help=False,
+                       help="issue 17's report: DataLoader baseline, device path eager, "
+                            "compiled and fast, train() itself; MFU, peak memory "
+                            "(tools/bench_train.py; `fast-path --help` for its options)")
+    p.set_defaults(func=bench_fast_path)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "fast-path":
+        args.options = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.func(args)
 
 
