@@ -17,6 +17,7 @@ The modules, in the order the lessons teach them, then the run around them:
     evaluate.py         07  kNN, linear probe, a run's held-out evaluation, a checkpoint's scores
     attention.py        08  CLS attention maps, their masks, IoU with object masks
     ibot.py             09  iBOT: block masks, the mask token, the masked patch loss
+    patch_probe.py      09  a linear probe of patch tokens: object vs background
     koleo.py            10  DINOv2's KoLeo regulariser
     sinkhorn.py         10  DINOv2's Sinkhorn-Knopp centering
     video.py            11  a built-in moving-shapes video and DAVIS-2017

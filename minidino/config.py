@@ -23,6 +23,7 @@ from minidino.vit import VIT_SIZES
 ARCHS = tuple(VIT_SIZES)  # vit_nano, vit_tiny, vit_small, vit_base
 DATASETS = ("shapes", "scenes", "cifar10", "cifar100", "imagenette", "folder")
 DIFFICULTIES = ("easy", "medium", "hard")  # the built-in shapes' styles
+SCENE_STYLES = ("default", "plain")  # the built-in scenes' styles (minidino.scenes.SCENES_STYLES)
 DEVICES, DATA_PATHS = ("auto", "cpu", "cuda", "mps"), ("auto", "device", "loader")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compile modes that use CUDA graphs
@@ -54,6 +55,9 @@ class TrainConfig:
     difficulty: str = opt("easy", "style of the built-in shapes: easy is learned in minutes on a "
                           "CPU; medium adds a faint tint and smaller shapes; hard, saturated "
                           "colours and busy backgrounds")
+    scene_style: str = opt("default", "style of the built-in scenes: default has clutter made of "
+                           "the objects' textures and a tinted palette per image; plain, grey "
+                           "scenes of 1-3 objects with coarser textures and no clutter")
     n_train: int | None = opt(None, "train on a seeded random subset of this many images (every "
                               "class kept; shorter epochs); None: all of them")
     image_size: int = opt(32, "side in px at which the images are held (resized, centre-"
@@ -271,7 +275,8 @@ def _validate(c: TrainConfig) -> None:
     for name, (kind, optional) in _FIELD_TYPES.items():  # types first: the rest compares values
         need((optional and getattr(c, name) is None) or _has_type(getattr(c, name), kind), name,
              f"must be {_KIND_WORDS[kind]}{' or None' if optional else ''}")
-    for name, allowed in (("dataset", DATASETS), ("difficulty", DIFFICULTIES), ("arch", ARCHS),
+    for name, allowed in (("dataset", DATASETS), ("difficulty", DIFFICULTIES),
+                          ("scene_style", SCENE_STYLES), ("arch", ARCHS),
                           ("device", DEVICES), ("data_mode", DATA_PATHS),
                           ("centering", CENTERINGS), ("compile_mode", COMPILE_MODES)):
         need(getattr(c, name) in allowed, name, f"one of {allowed}")

@@ -315,6 +315,8 @@ def load_splits(cfg: TrainConfig, progress: bool = True) -> tuple[DatasetSplit, 
     kwargs: dict[str, Any] = {"root": cfg.data_root, "image_size": cfg.image_size}
     if cfg.dataset == "shapes":
         kwargs["difficulty"] = cfg.difficulty
+    if cfg.dataset == "scenes":
+        kwargs["style"] = cfg.scene_style
     if cfg.dataset == "folder":
         kwargs["path"] = cfg.data_path
     train = load_dataset(cfg.dataset, split="train", **kwargs)

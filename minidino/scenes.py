@@ -104,7 +104,13 @@ class Scenes(NamedTuple):
     areas: Tensor
 
 
-SCENES_STYLES: dict[str, ScenesStyle] = {"default": ScenesStyle()}
+SCENES_STYLES: dict[str, ScenesStyle] = {
+    "default": ScenesStyle(),
+    # grey, 1-3 objects of 10-25% with coarser, high-contrast textures and no clutter: the
+    # easiest scenes in which colour still says nothing about where the objects are
+    "plain": ScenesStyle(n_objects=(1, 3), area_range=(0.1, 0.25), period=0.25, clutter=0,
+                         contrast=(0.7, 0.9), saturation=0.0),
+}
 
 
 def _layout(m: int, labels: Tensor, style: ScenesStyle, g: torch.Generator) -> SceneObjects:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import matplotlib
 import pytest
 import torch
 import torch.nn.functional as F
 
-from minidino.data import load_dataset
+from minidino.config import SCENE_STYLES, ConfigError
+from minidino.data import load_dataset, load_splits
+from minidino.presets import get_preset
 from minidino.propagation import f_score, j_score, propagate_mask
 from minidino.scene_paint import SceneObjects, paint_objects, radius_for_area
 from minidino.scene_video import make_scene_video
-from minidino.scenes import SCENE_CLASSES, ScenesStyle, make_scenes, plot_scenes
+from minidino.scenes import SCENE_CLASSES, SCENES_STYLES, ScenesStyle, make_scenes, plot_scenes
 from minidino.shapes import make_shapes
 
 matplotlib.use("Agg")
@@ -159,6 +163,24 @@ def test_colour_alone_cannot_find_the_objects(scenes32) -> None:
     assert _colour_probe_gain(scenes32.images[:100], scenes32.instances[:100] > 0) < 0.02
     images, _, masks = make_shapes(100, 32, seed=0)
     assert _colour_probe_gain(images, masks) > 0.15
+
+
+def test_plain_style_is_grey_and_colour_still_cannot_find_the_objects() -> None:
+    scenes = make_scenes(100, 32, style="plain", seed=0)
+    assert torch.equal(scenes.images[:, 0], scenes.images[:, 1])  # grey: R = G = B
+    assert torch.equal(scenes.images[:, 1], scenes.images[:, 2])
+    assert (scenes.classes >= 0).sum(1).max() <= 3  # 1-3 objects
+    assert _colour_probe_gain(scenes.images, scenes.instances > 0) < 0.02
+
+
+def test_the_config_picks_the_scene_style() -> None:
+    cfg = replace(get_preset("cpu-demo"), dataset="scenes", scene_style="plain")
+    train, test = load_splits(cfg, progress=False)
+    for split in (train, test):  # grey: the plain style, where the default one is tinted
+        assert torch.equal(split.images[:, 0], split.images[:, 2])
+    assert sorted(SCENES_STYLES) == sorted(SCENE_STYLES)  # the config knows every style
+    with pytest.raises(ConfigError, match="scene_style"):
+        replace(cfg, scene_style="fancy")
 
 
 def test_load_dataset_exposes_scenes_and_masks() -> None:

@@ -1,6 +1,6 @@
 """Baselines on the built-in scenes before any training: raw pixels, a random ViT, a centred blob.
 
-    python -m tools.scene_baselines [--patch-size 4]
+    python -m tools.scene_baselines [--patch-size 4] [--scene-style plain] [--teacher CKPT]
 
 Everything uses the `cpu-demo` preset (its ViT at its random initialisation, `initial_backbone`,
 and its evaluation sizes: 10,000 training images as the kNN memory bank, 1,000 held-out queries)
@@ -12,14 +12,20 @@ on the built-in scenes and, for comparison, the built-in shapes it trains on tod
 * attention-mask IoU on 500 held-out images: per image, the best head's 60%-mass CLS attention
   mask (upsampled to pixels) against the object mask (any object), as `tools/compare.py`; a
   centred blob (the 60%-mass mask of a centred Gaussian with sigma a quarter of the side, on the
-  same patch grid); and the whole image (IoU = the object's share of the image);
+  same patch grid); the whole image (IoU = the object's share of the image); and a head that
+  knows the answer (its attention on a patch = the patch's share of object pixels): about the
+  best that a mask on this patch grid can score;
 * propagation J through a 12-frame video, frames 1-11: the random ViT's patch features; and
   "frame 0 held still" (every frame predicted as the first mask), on the moving-shapes video of
-  `minidino.video` and on the scene video of `minidino.scene_video`.
+  `minidino.video` and on the scene video of `minidino.scene_video`;
+* a linear probe of the output patch tokens for object vs background (`minidino.patch_probe`:
+  logistic regression fitted on the patches of half of the IoU images, balanced accuracy on the
+  other half; 50% = no better than a constant answer);
 * brightness (the mean of R, G, B) of object and background pixels over the held-out split: mean
   +- std of all pixels, and the mean over images of |object mean - background mean|.
 Nothing is trained. Prints two markdown tables. With --teacher CHECKPOINT (a run on the scenes)
-the first table gains a row for that run's teacher: its kNN, IoU and J on the same images.
+the first table gains a row for that run's teacher: its kNN, IoU, probe and J on the same
+images.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ import torch.nn.functional as F
 from minidino.attention import attention_mass_mask, mask_iou
 from minidino.attention import best_head_iou as attention_iou
 from minidino.augment_batched import normalize
+from minidino.config import SCENE_STYLES
 from minidino.data import load_splits
 from minidino.evaluate import knn_accuracy, knn_top1
+from minidino.patch_probe import object_probe
 from minidino.presets import get_preset
 from minidino.pretrained import backbone_from, initial_backbone
 from minidino.propagation import evaluate_propagation, j_score
@@ -62,6 +70,17 @@ def blob_iou(masks: torch.Tensor, grid: int, keep: float = 0.6) -> float:
     return float(mask_iou(pixels[None], masks.flatten(1).bool()).mean())
 
 
+def share_iou(masks: torch.Tensor, patch_size: int, keep: float = 0.6) -> float:
+    """IoU with masks (N, H, W) of a head that knows the answer: its attention on each patch is
+    the share of the patch's pixels on an object, so its 60%-mass mask is about the best a
+    patch-level mask can do (patches fully on an object tie and are kept together)."""
+    share = F.avg_pool2d(masks.float()[:, None], patch_size)  # (N, 1, h, w)
+    keep_mask = attention_mass_mask(share.flatten(1) + 1e-9, keep)  # (N, h w)
+    pixels = F.interpolate(keep_mask.reshape(share.shape).float(), size=masks.shape[-2:],
+                           mode="nearest").bool().flatten(1)  # (N, H W)
+    return float(mask_iou(pixels, masks.flatten(1).bool()).mean())
+
+
 def brightness(images: torch.Tensor, masks: torch.Tensor) -> list[str]:
     """Object and background brightness: images uint8 (N, 3, H, W), masks bool (N, H, W)."""
     grey, f = images.float().mean(1) / 255, masks.float()  # (N, H, W) each
@@ -83,15 +102,17 @@ def main() -> None:
     parser.add_argument("--n-iou", type=int, default=500, help="held-out images for the IoU")
     parser.add_argument("--patch-size", type=int, default=None, help="default: the preset's")
     parser.add_argument("--teacher", default=None, help="a training checkpoint to score too")
+    parser.add_argument("--scene-style", default="default", choices=SCENE_STYLES,
+                        help="the style of the scenes and of the scene video")
     args = parser.parse_args()
     base = get_preset("cpu-demo")
     base = replace(base, patch_size=args.patch_size or base.patch_size)
     backbone = initial_backbone(base).eval()  # the same weights for both datasets
     videos = {"shapes": make_video(n_frames=12, seed=0),
-              "scenes": make_scene_video(n_frames=12, seed=0)}  # both 96 px
+              "scenes": make_scene_video(n_frames=12, seed=0, style=args.scene_style)}  # 96 px
     rows, colours = {}, {}
     for dataset in ("shapes", "scenes"):
-        cfg = replace(base, dataset=dataset)
+        cfg = replace(base, dataset=dataset, scene_style=args.scene_style)
         train_split, test_split = load_splits(cfg)
         knn = knn_top1(backbone, train_split, test_split, cfg, torch.device("cpu"),
                        progress=False)
@@ -101,7 +122,8 @@ def main() -> None:
             f"{pixel_knn(train_split, test_split, cfg.n_eval):.1f}%", f"{knn['top1']:.1f}%",
             f"{attention_iou(backbone, images, masks):.3f}",
             f"{blob_iou(masks, cfg.image_size // cfg.patch_size):.3f}",
-            f"{masks.float().mean():.3f}",
+            f"{masks.float().mean():.3f}", f"{share_iou(masks, cfg.patch_size):.3f}",
+            f"{object_probe(backbone, images, masks)['balanced']:.1f}%",
             f"{evaluate_propagation(backbone, frames, video_masks)['J']:.3f}",
             f"{still_j(video_masks):.3f}"]
         colours[dataset] = brightness(test_split.images, test_split.masks)
@@ -112,12 +134,14 @@ def main() -> None:
                            torch.device("cpu"), progress=False)
             rows["scenes, trained teacher"] = [
                 "-", f"{knn['top1']:.1f}%", f"{attention_iou(teacher, images, masks):.3f}",
-                "-", "-", f"{evaluate_propagation(teacher, frames, video_masks)['J']:.3f}", "-"]
-    print(f"cpu-demo preset at random initialisation, patch {base.patch_size} (the ViT columns "
+                "-", "-", "-", f"{object_probe(teacher, images, masks)['balanced']:.1f}%",
+                f"{evaluate_propagation(teacher, frames, video_masks)['J']:.3f}", "-"]
+    print(f"cpu-demo preset at random initialisation, patch {base.patch_size}, scene style "
+          f"{args.scene_style} (the ViT columns "
           "are the random ViT's, except in the trained teacher's row)")
     print("| built-in | kNN pixels | kNN ViT | IoU ViT | IoU centred blob | "
-          "IoU whole image | J ViT | J frame 0 held still |")
-    print("| --- |" + " ---: |" * 7)
+          "IoU whole image | IoU object-share head | probe ViT | J ViT | J frame 0 held still |")
+    print("| --- |" + " ---: |" * 9)
     for dataset, cells in rows.items():
         print(f"| {dataset} | " + " | ".join(cells) + " |")
     print("\n| built-in | object brightness | background brightness | per-image gap |")
