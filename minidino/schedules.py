@@ -9,15 +9,14 @@ run continue with exactly the values it would have had.
   (learning rate 5e-4 * B / 256 -> 1e-6, weight decay 0.04 -> 0.4, teacher momentum 0.996 -> 1).
 - ``teacher_temp_schedule``: a linear warm-up of the teacher temperature, then constant.
 - ``Schedules``: all of them for one run, built from its config; ``Schedules.at(step)`` gives
-  one step's values as Python floats (what the training step sets), from copies made once
-  instead of five tensor reads per step.
+  one step's values as Python floats (what the training step sets). The tensors live on the
+  CPU, so reading them never waits for a GPU, and a lesson may swap one for another.
 """
 
 from __future__ import annotations
 
 import math
-from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -91,26 +90,17 @@ class StepValues(NamedTuple):
 
 @dataclass
 class Schedules:
-    """Per-step values of everything that changes during training.
-
-    `at(step)` reads a copy of the tensors taken when the Schedules is made: change a schedule
-    by making a new Schedules, not by writing into its tensors.
-    """
+    """Per-step values of everything that changes during training (tensors on the CPU)."""
 
     lr: Tensor  # (total_steps,)
     weight_decay: Tensor
     teacher_momentum: Tensor
     teacher_temp: Tensor
     ibot_teacher_temp: Tensor  # the patch loss's, with the same warm-up
-    _columns: tuple[array, ...] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:  # one array of float64 per schedule: no tensor per step
-        self._columns = tuple(array("d", getattr(self, name).tolist())
-                              for name in StepValues._fields)
 
     def at(self, step: int) -> StepValues:
         """The values of step `step` as floats: `sched.at(step).lr == float(sched.lr[step])`."""
-        return StepValues(*(column[step] for column in self._columns))
+        return StepValues(*(float(getattr(self, name)[step]) for name in StepValues._fields))
 
     @classmethod
     def build(cls, cfg: TrainConfig, steps_per_epoch: int) -> Schedules:
