@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from minidino.config import (
     TrainConfig,
@@ -76,6 +76,25 @@ def _sweep(args: argparse.Namespace) -> None:
     folder = os.path.join(base.out_dir, "sweeps", args.name)
     Sweep(args.preset, runs, folder, common, args.parallel).run(args.minutes,
                                                                 args.calibration_steps)
+
+
+def _quiet_about_dead_peers() -> None:
+    """Keep a dead worker's broken connection from printing a traceback of its own.
+
+    When a DataLoader worker dies while the main process is handing it a shared tensor,
+    multiprocessing's fd-sharing thread finds the connection broken and prints the traceback
+    through sys.excepthook. The run then stops with one line that says what happened and what
+    to try (`DataLoaderWorkerError`), so that traceback says nothing more; anything else is still
+    printed.
+    """
+    default = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if issubclass(kind, (ConnectionError, EOFError)):
+            return
+        default(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,4 +184,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _quiet_about_dead_peers()
     sys.exit(main())

@@ -257,11 +257,13 @@ class LoaderBatches:
         """Yield the crops of each step of `epoch`, starting at step `start` within it. A worker
         that dies, fails or sends nothing for WORKER_TIMEOUT_S raises DataLoaderWorkerError."""
         self.sampler.epoch, self.sampler.start = epoch, start
-        batches = iter(self.loader)
-        if self.num_workers > 0:
-            _explain_worker_deaths()  # torch's SIGCHLD handler is in place now
+        batches = None
         while True:
             try:
+                if batches is None:  # persistent workers: iter() waits for them to restart
+                    batches = iter(self.loader)
+                    if self.num_workers > 0:
+                        _explain_worker_deaths()  # torch's SIGCHLD handler is in place now
                 crops, _labels = next(batches)
             except StopIteration:
                 return
@@ -276,7 +278,8 @@ class LoaderBatches:
 
     def _stop_workers(self, batches: Any) -> None:
         """End the remaining workers now, not at exit; a next epoch would start new ones."""
-        shutdown = getattr(batches, "_shutdown_workers", None)  # what torch calls on cleanup
+        iterator = batches if batches is not None else self.loader._iterator
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # what torch calls on cleanup
         if shutdown is not None:
             shutdown()
         self.loader._iterator = None  # the persistent iterator, now without workers
