@@ -65,12 +65,17 @@ def mask_iou(pred: Tensor, target: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def patch_mask_iou(keep: Tensor, masks: Tensor) -> Tensor:
+    """IoU of patch-grid masks with pixel masks: keep bool (N, k, gh, gw), k masks per image (one
+    per head, say), each patch standing for its block of pixels; masks (N, H, W) -> (N, k)."""
+    pixels = F.interpolate(keep.float(), size=masks.shape[-2:], mode="nearest").bool()
+    return mask_iou(pixels.flatten(2), masks.flatten(1)[:, None, :].bool())  # (N, k)
+
+
 @torch.no_grad()
 def best_head_iou(backbone: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
     """Mean over images of the best head's IoU; images (N, 3, H, W) uint8, masks (N, H, W)."""
     attn = cls_attention_maps(backbone, images)  # (N, h, gh, gw)
     N, h, gh, gw = attn.shape
     keep = attention_mass_mask(attn.reshape(N, h, gh * gw), 0.6).reshape(N, h, gh, gw)
-    pixels = F.interpolate(keep.float(), size=masks.shape[-2:], mode="nearest").bool()
-    iou = mask_iou(pixels.flatten(2), masks.flatten(1)[:, None, :].bool())  # (N, h)
-    return float(iou.max(dim=1).values.mean())
+    return float(patch_mask_iou(keep, masks).max(dim=1).values.mean())  # best of the h heads

@@ -145,3 +145,16 @@ def test_iou_reference_values() -> None:
     assert attention.mask_iou(pred, target).tolist() == pytest.approx([1 / 3, 0.0])
     empty = torch.zeros(4, dtype=torch.bool)
     assert attention.mask_iou(empty, empty).item() == 1.0
+
+
+def test_patch_mask_iou_counts_each_patch_as_its_pixels() -> None:
+    # a 2 x 2 grid over a 4 x 4 image: the left column of patches against an object that fills
+    # the top-left patch and one more pixel: intersection 4, union 8 + 1 = 9
+    keep = torch.tensor([[True, False], [True, False]]).view(1, 1, 2, 2)
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, :2, :2] = True
+    masks[0, 0, 3] = True
+    assert attention.patch_mask_iou(keep, masks).tolist() == [[pytest.approx(4 / 9)]]
+    both = torch.cat([keep, ~keep], 1)  # (1, 2, 2, 2): two masks of the same image
+    assert attention.patch_mask_iou(both, masks).shape == (1, 2)
+    assert attention.patch_mask_iou(both, masks)[0, 1] == pytest.approx(1 / 12)  # 1 of 8 + 4

@@ -36,7 +36,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from minidino.attention import attention_mass_mask, mask_iou
+from minidino.attention import attention_mass_mask, patch_mask_iou
 from minidino.attention import best_head_iou as attention_iou
 from minidino.augment_batched import normalize
 from minidino.config import SCENE_STYLES
@@ -65,9 +65,8 @@ def blob_iou(masks: torch.Tensor, grid: int, keep: float = 0.6) -> float:
     centres = (torch.arange(grid) + 0.5) / grid - 0.5  # patch centres, side = 1
     r2 = centres[:, None] ** 2 + centres[None, :] ** 2  # (grid, grid)
     blob = attention_mass_mask(torch.exp(-r2 / (2 * 0.25 ** 2)).flatten(), keep)  # (grid^2,)
-    pixels = F.interpolate(blob.reshape(1, 1, grid, grid).float(), size=masks.shape[-2:],
-                           mode="nearest").bool().flatten()  # (H W,)
-    return float(mask_iou(pixels[None], masks.flatten(1).bool()).mean())
+    blobs = blob.reshape(1, 1, grid, grid).expand(len(masks), 1, grid, grid)  # (N, 1, g, g)
+    return float(patch_mask_iou(blobs, masks).mean())
 
 
 def share_iou(masks: torch.Tensor, patch_size: int, keep: float = 0.6) -> float:
@@ -76,9 +75,7 @@ def share_iou(masks: torch.Tensor, patch_size: int, keep: float = 0.6) -> float:
     patch-level mask can do (patches fully on an object tie and are kept together)."""
     share = F.avg_pool2d(masks.float()[:, None], patch_size)  # (N, 1, h, w)
     keep_mask = attention_mass_mask(share.flatten(1) + 1e-9, keep)  # (N, h w)
-    pixels = F.interpolate(keep_mask.reshape(share.shape).float(), size=masks.shape[-2:],
-                           mode="nearest").bool().flatten(1)  # (N, H W)
-    return float(mask_iou(pixels, masks.flatten(1).bool()).mean())
+    return float(patch_mask_iou(keep_mask.reshape(share.shape), masks).mean())
 
 
 def brightness(images: torch.Tensor, masks: torch.Tensor) -> list[str]:
