@@ -79,3 +79,25 @@ def best_head_iou(backbone: torch.nn.Module, images: torch.Tensor, masks: torch.
     N, h, gh, gw = attn.shape
     keep = attention_mass_mask(attn.reshape(N, h, gh * gw), 0.6).reshape(N, h, gh, gw)
     return float(patch_mask_iou(keep, masks).max(dim=1).values.mean())  # best of the h heads
+
+
+def grid_iou_ceiling(masks: Tensor, patch_size: int) -> Tensor:
+    """The best IoU any mask made of whole patches can reach against each pixel mask: the
+    ceiling of a patch-level score such as `best_head_iou` (a head attending evenly to a set
+    of patches has that set as its mass mask). masks (N, H, W), sides multiples of patch_size
+    -> (N,).
+
+    With a_i object pixels in patch i (of P = p^2) and A in the whole mask, a set S scores
+    sum_S a_i / (A + sum_S (P - a_i)); the best S is always the patches whose object share
+    a_i / P is at least some level, so trying every level, from the fullest patch down, finds it.
+    """
+    H, W = masks.shape[-2:]
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"masks of {H} x {W} px do not split into patches of {patch_size} px")
+    P = patch_size ** 2
+    a = F.avg_pool2d(masks.float()[:, None], patch_size).flatten(1) * P  # (N, n) object pixels
+    a = a.sort(dim=1, descending=True).values  # (N, n), fullest patch first
+    inter = a.cumsum(1)  # (N, n) the k fullest patches' object pixels
+    union = a.sum(1, keepdim=True) + (P - a).cumsum(1)  # (N, n)
+    best = (inter / union.clamp(min=1e-9)).amax(1)  # (N,)
+    return torch.where(a.sum(1) > 0, best, torch.ones_like(best))  # no object: the empty mask

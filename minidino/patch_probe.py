@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from minidino.augment import normalize
+from minidino.propagation import patch_features
 
 
 def patch_labels(masks: Tensor, patch_size: int) -> Tensor:
@@ -24,18 +24,6 @@ def patch_labels(masks: Tensor, patch_size: int) -> Tensor:
     an object, N = (H / p) (W / p) in row-major order like the ViT's patch tokens."""
     share = F.avg_pool2d(masks.float()[:, None], patch_size)[:, 0]  # (B, H/p, W/p)
     return (share > 0.5).flatten(1).long()  # (B, N)
-
-
-@torch.no_grad()
-def patch_tokens(backbone: torch.nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
-    """uint8 images (B, 3, H, W) -> the backbone's output patch tokens (B, N, D), in eval mode."""
-    was_training = backbone.training
-    backbone.eval()
-    device = next(backbone.parameters()).device
-    out = [backbone.get_patch_tokens(normalize(images[i:i + batch_size].to(device))).float().cpu()
-           for i in range(0, len(images), batch_size)]  # each (b, N, D)
-    backbone.train(was_training)
-    return torch.cat(out)  # (B, N, D)
 
 
 def balanced_accuracy(pred: Tensor, target: Tensor) -> float:
@@ -62,7 +50,8 @@ def object_probe(backbone: torch.nn.Module, images: Tensor, masks: Tensor, n_fit
     if not 1 <= n_fit < images.shape[0]:
         raise ValueError(f"n_fit={n_fit} must leave images on both sides: 1 <= n_fit < "
                          f"{images.shape[0]}")
-    feats = patch_tokens(backbone, images)  # (B, N, D)
+    feats = patch_features(backbone, images, batch_size=256, l2_normalize=False)  # (B, h, w, D)
+    feats = feats.flatten(1, 2)  # (B, N, D), row-major like the labels
     labels = patch_labels(masks, backbone.patch_size)  # (B, N)
     x_fit, y_fit = feats[:n_fit].flatten(0, 1), labels[:n_fit].flatten().float()  # (M, D), (M,)
     x_test, y_test = feats[n_fit:].flatten(0, 1), labels[n_fit:].flatten()  # (M', D), (M',)

@@ -31,8 +31,9 @@ from minidino.augment_batched import IMAGENET_MEAN, IMAGENET_STD, check_images, 
 @torch.no_grad()
 def patch_features(backbone: torch.nn.Module, frames: Tensor, batch_size: int = 8,
                    mean: tuple[float, ...] = IMAGENET_MEAN,
-                   std: tuple[float, ...] = IMAGENET_STD) -> Tensor:
-    """uint8 frames (T, 3, H, W) -> L2-normalised patch features (T, h, w, D).
+                   std: tuple[float, ...] = IMAGENET_STD, l2_normalize: bool = True) -> Tensor:
+    """uint8 frames (T, 3, H, W) -> L2-normalised patch features (T, h, w, D) (the output
+    patch tokens as they are with l2_normalize=False).
 
     h = H // p and w = W // p for the backbone's patch size p; frames whose sides are not a
     multiple of p are resized to (h p, w p) first. The backbone must have `get_patch_tokens`
@@ -54,7 +55,9 @@ def patch_features(backbone: torch.nn.Module, frames: Tensor, batch_size: int = 
             x = F.interpolate(x, size=(h * p, w * p), mode="bilinear", antialias=True,
                               align_corners=False)  # (b, 3, h p, w p)
         tokens = backbone.get_patch_tokens(x).float()  # (b, h w, D)
-        out.append(F.normalize(tokens, dim=-1).reshape(-1, h, w, tokens.shape[-1]).cpu())
+        if l2_normalize:
+            tokens = F.normalize(tokens, dim=-1)  # (b, h w, D)
+        out.append(tokens.reshape(-1, h, w, tokens.shape[-1]).cpu())
     backbone.train(was_training)
     return torch.cat(out)  # (T, h, w, D)
 

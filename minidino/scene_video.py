@@ -50,24 +50,37 @@ class SceneVideo(NamedTuple):
 
 def make_scene_video(n_frames: int = 12, image_size: int = 96, n_objects: int = 3,
                      seed: int = 0, speed: float = 2.0, spin: float = 0.05,
-                     style: str | ScenesStyle = "default") -> SceneVideo:
+                     style: str | ScenesStyle = "default",
+                     scene_side: int | None = None) -> SceneVideo:
     """Draw a clip of `n_objects` textured objects moving over clutter; same arguments, same
     bytes. speed: pixels per frame; spin: the largest turn per frame, in radians. Areas, textures,
     colours and the least visible share come from `style` (see `minidino.scenes.ScenesStyle`).
-    The defaults match `minidino.video.make_video`'s (12 frames of 96 px, 2 pixels per frame)."""
+    The defaults match `minidino.video.make_video`'s (12 frames of 96 px, 2 pixels per frame).
+
+    scene_side: the side in px of the scenes whose pixel scale the video keeps. The style's
+    areas, texture period and blob grid are fractions of a scene's side; with scene_side=32 a
+    96-px video shows objects, textures and blobs exactly as large in pixels as in 32-px scenes
+    (a network trained on those sees them at the size it learned them), in a wider view: each
+    object then covers (32 / 96)^2 = 1/9 of its area share in the style. None: the video's own
+    side."""
     check_video_size(n_frames, image_size)
     if not isinstance(n_objects, int) or not 1 <= n_objects <= len(SCENE_CLASSES):
         raise ValueError(f"n_objects={n_objects!r} must be an int in [1, {len(SCENE_CLASSES)}]")
     if speed < 0 or spin < 0:
         raise ValueError(f"speed={speed} and spin={spin} must be >= 0")
     st, T, S, n = scenes_style(style), n_frames, image_size, n_objects
+    side = S if scene_side is None else scene_side
+    if not isinstance(side, int) or not 8 <= side <= S:
+        raise ValueError(f"scene_side={scene_side!r} must be None or an int in [8, "
+                         f"image_size={S}]")
+    scale = side / S  # a scene's side as a share of the video's
     g = torch.Generator().manual_seed(seed)
     u01 = lambda *shape: torch.rand(*shape, generator=g)  # noqa: E731
 
     kinds = torch.randperm(len(SCENE_CLASSES), generator=g)[:n]  # (n,) distinct classes
     lo, hi = st.area_range
     hi = min(max(st.total_area / n, lo), hi)
-    area = lo + (hi - lo) * u01(n)  # (n,)
+    area = (lo + (hi - lo) * u01(n)) * scale ** 2  # (n,) shares of the video's frame
     t = torch.arange(T, dtype=torch.float32)[:, None]  # (T, 1)
     angle = 2 * math.pi * u01(n) + spin * (2 * u01(n) - 1) * t  # (T, n)
     one = lambda x: x.expand(T, *x.shape)  # noqa: E731  the same for every frame
@@ -95,9 +108,11 @@ def make_scene_video(n_frames: int = 12, image_size: int = 96, n_objects: int = 
         raise RuntimeError(f"could not place {n} objects so that each shows "
                            f"{st.min_visible:.0%} of itself in every frame: use fewer")
 
-    background = draw_background(1, S, st.period, st.blob_cells, st.clutter, st.clutter_area,
-                                 g).expand(T, S, S)  # (T, H, W) the same clutter every frame
-    pattern, masks = paint_objects(background, objects, st.period)  # (T, H, W) each
+    period = st.period * scale
+    # blobs on a finer grid keep their size in pixels; the clutter keeps its share of the frame
+    background = draw_background(1, S, period, max(2, round(st.blob_cells / scale)), st.clutter,
+                                 st.clutter_area, g).expand(T, S, S)  # (T, H, W) kept still
+    pattern, masks = paint_objects(background, objects, period)  # (T, H, W) each
     dark, light = palette(1, st.contrast, st.saturation, g)  # (1, 3) each
     frames = to_image(pattern, dark.expand(T, 3), light.expand(T, 3), st.pixel_noise, g)
     return SceneVideo(frames, masks, kinds)

@@ -158,3 +158,24 @@ def test_patch_mask_iou_counts_each_patch_as_its_pixels() -> None:
     both = torch.cat([keep, ~keep], 1)  # (1, 2, 2, 2): two masks of the same image
     assert attention.patch_mask_iou(both, masks).shape == (1, 2)
     assert attention.patch_mask_iou(both, masks)[0, 1] == pytest.approx(1 / 12)  # 1 of 8 + 4
+
+
+def test_grid_iou_ceiling_on_constructed_masks() -> None:
+    masks = torch.zeros(3, 4, 4, dtype=torch.bool)
+    masks[0, :2, :] = True  # the top row of patches exactly: a patch mask matches it
+    masks[1, :2, :2] = True  # the top-left patch and one more pixel, as above: keeping only
+    masks[1, 0, 3] = True  # that patch scores 4 / 5; adding the top-right one 5 / 8
+    ceiling = attention.grid_iou_ceiling(masks, 2)  # the third mask is empty: IoU 1 by convention
+    assert ceiling.tolist() == [1.0, pytest.approx(4 / 5), 1.0]
+
+
+def test_grid_iou_ceiling_beats_every_patch_mask() -> None:
+    """On random masks of a 3 x 3 grid, the ceiling equals the best of all 512 patch sets."""
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(20, 6, 6, generator=g) < 0.3
+    subsets = (torch.arange(512)[:, None] >> torch.arange(9)) & 1  # (512, 9) every patch set
+    keep = subsets.bool().reshape(1, 512, 3, 3).expand(20, 512, 3, 3)
+    best = attention.patch_mask_iou(keep, masks).amax(1)  # (20,)
+    assert torch.allclose(attention.grid_iou_ceiling(masks, 2), best)
+    with pytest.raises(ValueError, match="patches of 4 px"):
+        attention.grid_iou_ceiling(masks, 4)

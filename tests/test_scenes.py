@@ -230,6 +230,22 @@ def test_video_masks_move_smoothly_and_objects_occlude() -> None:
     assert hidden >= 2  # objects pass in front of one another
 
 
+def test_video_at_the_pixel_scale_of_small_scenes() -> None:
+    """scene_side=32 in a 96-px video: objects as many pixels wide as in 32-px scenes."""
+    style = SCENES_STYLES["plain"]
+    wide = make_scene_video(n_frames=4, image_size=96, n_objects=3, seed=0, style="plain",
+                            scene_side=32)
+    same = make_scene_video(n_frames=4, image_size=96, n_objects=3, seed=0, style="plain")
+    for video, side in ((wide, 32), (same, 96)):
+        px = torch.stack([(video.masks[0] == k).sum() for k in (1, 2, 3)]).float()  # (3,)
+        lo, hi = style.area_range[0] * side ** 2, style.area_range[1] * side ** 2
+        # hidden parts only shrink an object; min_visible bounds how much
+        assert (px <= 1.05 * hi).all() and (px >= style.min_visible * 0.95 * lo).all()
+    assert (wide.masks[0] > 0).float().mean() < 0.5 * (same.masks[0] > 0).float().mean()
+    with pytest.raises(ValueError, match="scene_side=128"):
+        make_scene_video(image_size=96, scene_side=128)
+
+
 def test_propagation_of_mask_features_is_exact() -> None:
     """Give every pixel a one-hot feature of its object: propagation then cannot go wrong, and
     the metrics must say so (J = F = 1) on the scene video."""

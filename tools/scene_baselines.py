@@ -12,20 +12,22 @@ on the built-in scenes and, for comparison, the built-in shapes it trains on tod
 * attention-mask IoU on 500 held-out images: per image, the best head's 60%-mass CLS attention
   mask (upsampled to pixels) against the object mask (any object), as `tools/compare.py`; a
   centred blob (the 60%-mass mask of a centred Gaussian with sigma a quarter of the side, on the
-  same patch grid); the whole image (IoU = the object's share of the image); and a head that
-  knows the answer (its attention on a patch = the patch's share of object pixels): about the
-  best that a mask on this patch grid can score;
-* propagation J through a 12-frame video, frames 1-11: the random ViT's patch features; and
-  "frame 0 held still" (every frame predicted as the first mask), on the moving-shapes video of
-  `minidino.video` and on the scene video of `minidino.scene_video`;
+  same patch grid); the whole image (IoU = the object's share of the image); and the best mask
+  made of whole patches (`attention.grid_iou_ceiling`), the ceiling of any head on this grid;
+* propagation J through a 12-frame video of 96 px, frames 1-11: the random ViT's patch
+  features; and "frame 0 held still" (every frame predicted as the first mask), on the
+  moving-shapes video of `minidino.video` and on the scene video of `minidino.scene_video`,
+  drawn at the training images' pixel scale (`scene_side`: objects and textures as many pixels
+  wide as in the training scenes);
 * a linear probe of the output patch tokens for object vs background (`minidino.patch_probe`:
   logistic regression fitted on the patches of half of the IoU images, balanced accuracy on the
   other half; 50% = no better than a constant answer);
 * brightness (the mean of R, G, B) of object and background pixels over the held-out split: mean
   +- std of all pixels, and the mean over images of |object mean - background mean|.
 Nothing is trained. Prints two markdown tables. With --teacher CHECKPOINT (a run on the scenes)
-the first table gains a row for that run's teacher: its kNN, IoU, probe and J on the same
-images.
+the random ViT is that run's network at its initialisation (same architecture, patch size,
+registers and seed) and the first table gains a row for the run's teacher: its kNN, IoU, probe
+and J on the same images.
 """
 
 from __future__ import annotations
@@ -34,9 +36,8 @@ import argparse
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
-from minidino.attention import attention_mass_mask, patch_mask_iou
+from minidino.attention import attention_mass_mask, grid_iou_ceiling, patch_mask_iou
 from minidino.attention import best_head_iou as attention_iou
 from minidino.augment_batched import normalize
 from minidino.config import SCENE_STYLES
@@ -69,15 +70,6 @@ def blob_iou(masks: torch.Tensor, grid: int, keep: float = 0.6) -> float:
     return float(patch_mask_iou(blobs, masks).mean())
 
 
-def share_iou(masks: torch.Tensor, patch_size: int, keep: float = 0.6) -> float:
-    """IoU with masks (N, H, W) of a head that knows the answer: its attention on each patch is
-    the share of the patch's pixels on an object, so its 60%-mass mask is about the best a
-    patch-level mask can do (patches fully on an object tie and are kept together)."""
-    share = F.avg_pool2d(masks.float()[:, None], patch_size)  # (N, 1, h, w)
-    keep_mask = attention_mass_mask(share.flatten(1) + 1e-9, keep)  # (N, h w)
-    return float(patch_mask_iou(keep_mask.reshape(share.shape), masks).mean())
-
-
 def brightness(images: torch.Tensor, masks: torch.Tensor) -> list[str]:
     """Object and background brightness: images uint8 (N, 3, H, W), masks bool (N, H, W)."""
     grey, f = images.float().mean(1) / 255, masks.float()  # (N, H, W) each
@@ -103,10 +95,17 @@ def main() -> None:
                         help="the style of the scenes and of the scene video")
     args = parser.parse_args()
     base = get_preset("cpu-demo")
-    base = replace(base, patch_size=args.patch_size or base.patch_size)
+    if args.teacher:
+        teacher, base, _ = backbone_from(args.teacher, "teacher")
+        teacher = teacher.eval()
+        if args.patch_size not in (None, base.patch_size):
+            parser.error(f"--patch-size {args.patch_size} differs from the teacher's patch "
+                         f"size {base.patch_size}: leave it out with --teacher")
+    base = replace(base, patch_size=args.patch_size or base.patch_size, n_train=None)
     backbone = initial_backbone(base).eval()  # the same weights for both datasets
-    videos = {"shapes": make_video(n_frames=12, seed=0),
-              "scenes": make_scene_video(n_frames=12, seed=0, style=args.scene_style)}  # 96 px
+    videos = {"shapes": make_video(n_frames=12, seed=0),  # 96 px
+              "scenes": make_scene_video(n_frames=12, seed=0, style=args.scene_style,
+                                         scene_side=base.image_size)}
     rows, colours = {}, {}
     for dataset in ("shapes", "scenes"):
         cfg = replace(base, dataset=dataset, scene_style=args.scene_style)
@@ -119,25 +118,25 @@ def main() -> None:
             f"{pixel_knn(train_split, test_split, cfg.n_eval):.1f}%", f"{knn['top1']:.1f}%",
             f"{attention_iou(backbone, images, masks):.3f}",
             f"{blob_iou(masks, cfg.image_size // cfg.patch_size):.3f}",
-            f"{masks.float().mean():.3f}", f"{share_iou(masks, cfg.patch_size):.3f}",
+            f"{masks.float().mean():.3f}",
+            f"{grid_iou_ceiling(masks, cfg.patch_size).mean():.3f}",
             f"{object_probe(backbone, images, masks)['balanced']:.1f}%",
             f"{evaluate_propagation(backbone, frames, video_masks)['J']:.3f}",
             f"{still_j(video_masks):.3f}"]
         colours[dataset] = brightness(test_split.images, test_split.masks)
         if args.teacher and dataset == "scenes":
-            teacher, teacher_cfg, _ = backbone_from(args.teacher, "teacher")
-            teacher = teacher.eval()
-            knn = knn_top1(teacher, train_split, test_split, replace(cfg, n_train=None),
-                           torch.device("cpu"), progress=False)
+            knn = knn_top1(teacher, train_split, test_split, cfg, torch.device("cpu"),
+                           progress=False)
             rows["scenes, trained teacher"] = [
                 "-", f"{knn['top1']:.1f}%", f"{attention_iou(teacher, images, masks):.3f}",
                 "-", "-", "-", f"{object_probe(teacher, images, masks)['balanced']:.1f}%",
                 f"{evaluate_propagation(teacher, frames, video_masks)['J']:.3f}", "-"]
-    print(f"cpu-demo preset at random initialisation, patch {base.patch_size}, scene style "
-          f"{args.scene_style} (the ViT columns "
-          "are the random ViT's, except in the trained teacher's row)")
+    network = "the teacher's network" if args.teacher else "cpu-demo preset"
+    print(f"{network} at random initialisation, patch {base.patch_size}, scene style "
+          f"{args.scene_style} (the ViT columns are the random ViT's, except in the trained "
+          "teacher's row)")
     print("| built-in | kNN pixels | kNN ViT | IoU ViT | IoU centred blob | "
-          "IoU whole image | IoU object-share head | probe ViT | J ViT | J frame 0 held still |")
+          "IoU whole image | IoU best patch mask | probe ViT | J ViT | J frame 0 held still |")
     print("| --- |" + " ---: |" * 9)
     for dataset, cells in rows.items():
         print(f"| {dataset} | " + " | ".join(cells) + " |")
