@@ -72,9 +72,23 @@ def patch_mask_iou(keep: Tensor, masks: Tensor) -> Tensor:
     return mask_iou(pixels.flatten(2), masks.flatten(1)[:, None, :].bool())  # (N, k)
 
 
+def enlarge(images: Tensor, masks: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Images uint8 (N, 3, H, W) and masks (N, H, W) resized to size x size: the images
+    bilinearly, the masks to their nearest pixel. A ViT reads a larger image on a finer grid of
+    patches, so its attention maps are sharper; DINO draws its attention figures this way (the
+    official `visualize_attention.py` resizes every image to 480 px)."""
+    big = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
+    big_masks = F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")
+    return big.round().clamp(0, 255).to(torch.uint8), big_masks[:, 0].to(masks.dtype)
+
+
 @torch.no_grad()
-def best_head_iou(backbone: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor) -> float:
-    """Mean over images of the best head's IoU; images (N, 3, H, W) uint8, masks (N, H, W)."""
+def best_head_iou(backbone: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                  size: int | None = None) -> float:
+    """Mean over images of the best head's IoU; images (N, 3, H, W) uint8, masks (N, H, W),
+    both read at size x size when `size` is given (`enlarge`)."""
+    if size is not None:
+        images, masks = enlarge(images, masks, size)
     attn = cls_attention_maps(backbone, images)  # (N, h, gh, gw)
     N, h, gh, gw = attn.shape
     keep = attention_mass_mask(attn.reshape(N, h, gh * gw), 0.6).reshape(N, h, gh, gw)

@@ -21,20 +21,30 @@ _CIFAR10 = TrainConfig(
     warmup_epochs=10, run_name="cifar10",
 )
 
+# Two CPU cores, about five minutes: a narrow ViT (D=64, 4 heads of 16) with few tokens and a
+# small K. Three choices matter most (docs/benchmarks.md, measured over seeds): width 64
+# instead of 96, which buys 14 epochs instead of 10 in about the same time; a peak learning
+# rate of 2e-3; and a center that follows the last few batches (momentum 0.2, not 0.9), since
+# with so few steps a slow center lets the teacher sit on a few prototypes per batch.
+_CPU_DEMO = TrainConfig(
+    dataset="shapes", arch="vit_nano", patch_size=8, embed_dim=64, num_heads=4,
+    drop_path=0.0, out_dim=1024, hidden_dim=512, bottleneck_dim=128, global_size=32,
+    local_size=16, n_local_crops=4, global_scale=(0.5, 1.0), local_scale=(0.2, 0.5),
+    blur_sigma=(0.1, 0.5), teacher_temp=0.02, warmup_teacher_temp=0.02, center_momentum=0.2,
+    teacher_momentum=0.97, epochs=14, batch_size=64, lr=8e-3, warmup_epochs=1, min_lr=1e-5,
+    weight_decay_end=0.04, freeze_last_layer=0, run_name="cpu-demo", n_eval=1000,
+    device="cpu",
+)
+
 PRESETS: dict[str, TrainConfig] = {
-    # Two CPU cores, about five minutes: a narrow ViT (D=64, 4 heads of 16) with few tokens and a
-    # small K. Three choices matter most (docs/benchmarks.md, measured over seeds): width 64
-    # instead of 96, which buys 14 epochs instead of 10 in about the same time; a peak learning
-    # rate of 2e-3; and a center that follows the last few batches (momentum 0.2, not 0.9), since
-    # with so few steps a slow center lets the teacher sit on a few prototypes per batch.
-    "cpu-demo": TrainConfig(
-        dataset="shapes", arch="vit_nano", patch_size=8, embed_dim=64, num_heads=4,
-        drop_path=0.0, out_dim=1024, hidden_dim=512, bottleneck_dim=128, global_size=32,
-        local_size=16, n_local_crops=4, global_scale=(0.5, 1.0), local_scale=(0.2, 0.5),
-        blur_sigma=(0.1, 0.5), teacher_temp=0.02, warmup_teacher_temp=0.02, center_momentum=0.2,
-        teacher_momentum=0.97, epochs=14, batch_size=64, lr=8e-3, warmup_epochs=1, min_lr=1e-5,
-        weight_decay_end=0.04, freeze_last_layer=0, run_name="cpu-demo", n_eval=1000,
-        device="cpu",
+    "cpu-demo": _CPU_DEMO,
+    # The built-in scenes on two CPU cores: `cpu-demo` on the plain style plus iBOT's patch loss
+    # and KoLeo (without them grey scenes collapse, docs/benchmarks.md "Scenes"), trained longer:
+    # the heads find the objects late in the schedule. Its teacher ships as
+    # minidino/assets/cpu-scenes-teacher.pt.
+    "cpu-scenes": replace(
+        _CPU_DEMO, dataset="scenes", scene_style="plain", ibot=True, koleo_weight=0.1,
+        epochs=60, knn_every=20, run_name="cpu-scenes",
     ),
     "cifar10": _CIFAR10,
     # One GPU: ViT-S/16 on ImageNette at 128 px.

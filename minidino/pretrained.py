@@ -5,6 +5,12 @@ study what a run learned, one backbone and its config are enough. `export_backbo
 them to a small file, `load_pretrained` reads one back (by default the teacher of a `cpu-demo`
 run that ships in `minidino/assets/`), and `random_init_like` builds the same architecture at
 its random initialisation, the baseline every trained number is compared with.
+
+Three teachers ship with the package: `PRETRAINED`, the `cpu-demo` run on the built-in shapes
+(`make demo`); `SCENES_TEACHER`, the `cpu-scenes` run on the built-in scenes (DINO + iBOT +
+KoLeo), whose heads find the objects; and `SCENES_DINO_TEACHER`, the same run without iBOT, for
+comparing patch tokens with and without iBOT's loss. docs/benchmarks.md gives the commands that
+trained them and what they score.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from minidino.checkpoint import load_backbone_weights, load_checkpoint
 from minidino.config import TrainConfig
 from minidino.step import build_backbone
 
-PRETRAINED = Path(__file__).parent / "assets" / "cpu-demo-teacher.pt"
+ASSETS = Path(__file__).parent / "assets"
+PRETRAINED = ASSETS / "cpu-demo-teacher.pt"  # `cpu-demo`: the built-in shapes
+SCENES_TEACHER = ASSETS / "cpu-scenes-teacher.pt"  # `cpu-scenes`: iBOT + KoLeo on the scenes
+SCENES_DINO_TEACHER = ASSETS / "cpu-scenes-dino-teacher.pt"  # the same run without iBOT
 
 
 def load_pretrained(path: str | Path = PRETRAINED) -> torch.nn.Module:

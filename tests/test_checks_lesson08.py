@@ -169,6 +169,15 @@ def test_grid_iou_ceiling_on_constructed_masks() -> None:
     assert ceiling.tolist() == [1.0, pytest.approx(4 / 5), 1.0]
 
 
+def test_enlarge_keeps_masks_blocky_and_flat_images_flat() -> None:
+    masks = torch.tensor([[[True, False], [False, True]]])  # (1, 2, 2)
+    images = torch.full((1, 3, 2, 2), 77, dtype=torch.uint8)
+    big, big_masks = attention.enlarge(images, masks, 4)
+    assert big.dtype == torch.uint8 and bool((big == 77).all())
+    assert big_masks.dtype == torch.bool
+    assert torch.equal(big_masks[0], masks[0].repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
 def test_grid_iou_ceiling_beats_every_patch_mask() -> None:
     """On random masks of a 3 x 3 grid, the ceiling equals the best of all 512 patch sets."""
     g = torch.Generator().manual_seed(0)

@@ -1,6 +1,7 @@
 """Baselines on the built-in scenes before any training: raw pixels, a random ViT, a centred blob.
 
     python -m tools.scene_baselines [--patch-size 4] [--scene-style plain] [--teacher CKPT]
+                                    [--attention-size 64]
 
 Everything uses the `cpu-demo` preset (its ViT at its random initialisation, `initial_backbone`,
 and its evaluation sizes: 10,000 training images as the kNN memory bank, 1,000 held-out queries)
@@ -16,9 +17,11 @@ on the built-in scenes and, for comparison, the built-in shapes it trains on tod
   made of whole patches (`attention.grid_iou_ceiling`), the ceiling of any head on this grid;
 * propagation J through a 12-frame video of 96 px, frames 1-11: the random ViT's patch
   features; and "frame 0 held still" (every frame predicted as the first mask), on the
-  moving-shapes video of `minidino.video` and on the scene video of `minidino.scene_video`,
-  drawn at the training images' pixel scale (`scene_side`: objects and textures as many pixels
-  wide as in the training scenes);
+  moving-shapes video of `minidino.video` (DINO's settings) and on the scene video of
+  `minidino.scene_video`, drawn at the training images' pixel scale (`scene_side`: objects and
+  textures as many pixels wide as in the training scenes), then read enlarged 2x (a 24 x 24
+  grid of 8-px patches) with a window of 3 patches (`SCENE_VIDEO_RADIUS`; DINO's 12 would
+  span the whole grid, and the objects move about half a patch per frame);
 * a linear probe of the output patch tokens for object vs background (`minidino.patch_probe`:
   logistic regression fitted on the patches of half of the IoU images, balanced accuracy on the
   other half; 50% = no better than a constant answer);
@@ -37,7 +40,7 @@ from dataclasses import replace
 
 import torch
 
-from minidino.attention import attention_mass_mask, grid_iou_ceiling, patch_mask_iou
+from minidino.attention import attention_mass_mask, enlarge, grid_iou_ceiling, patch_mask_iou
 from minidino.attention import best_head_iou as attention_iou
 from minidino.augment_batched import normalize
 from minidino.config import SCENE_STYLES
@@ -80,6 +83,22 @@ def brightness(images: torch.Tensor, masks: torch.Tensor) -> list[str]:
             f"{per_image.abs().mean():.3f}"]
 
 
+SCENE_VIDEO_RADIUS = 3  # the propagation window on the enlarged scene video, in patches
+
+
+def scene_clip(style: str, scene_side: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scene video at the training scale, enlarged 2x: frames uint8 (12, 3, 192, 192) and
+    masks (12, 192, 192)."""
+    video = make_scene_video(n_frames=12, seed=seed, style=style, scene_side=scene_side)
+    return enlarge(video.frames, video.masks, 2 * video.frames.shape[-1])
+
+
+def clip_j(backbone: torch.nn.Module, frames: torch.Tensor, masks: torch.Tensor,
+           radius: int) -> float:
+    """J of propagating masks[0] through frames (T, 3, H, W) with the backbone's patch features."""
+    return evaluate_propagation(backbone, frames, masks, radius=radius)["J"]
+
+
 def still_j(masks: torch.Tensor) -> float:
     """J on frames 1.. of predicting every frame of masks (T, H, W) as the first one."""
     return j_score(masks[:1].expand_as(masks[1:]), masks[1:])
@@ -91,6 +110,10 @@ def main() -> None:
     parser.add_argument("--n-iou", type=int, default=500, help="held-out images for the IoU")
     parser.add_argument("--patch-size", type=int, default=None, help="default: the preset's")
     parser.add_argument("--teacher", default=None, help="a training checkpoint to score too")
+    parser.add_argument("--attention-size", type=int, default=None,
+                        help="read attention on the IoU images enlarged to this side in px "
+                        "(bilinear; masks to the nearest pixel), a finer grid of patches; "
+                        "default: as they are")
     parser.add_argument("--scene-style", default="default", choices=SCENE_STYLES,
                         help="the style of the scenes and of the scene video")
     args = parser.parse_args()
@@ -103,9 +126,9 @@ def main() -> None:
                          f"size {base.patch_size}: leave it out with --teacher")
     base = replace(base, patch_size=args.patch_size or base.patch_size, n_train=None)
     backbone = initial_backbone(base).eval()  # the same weights for both datasets
-    videos = {"shapes": make_video(n_frames=12, seed=0),  # 96 px
-              "scenes": make_scene_video(n_frames=12, seed=0, style=args.scene_style,
-                                         scene_side=base.image_size)}
+    videos = {"shapes": make_video(n_frames=12, seed=0)[:2],  # 96 px
+              "scenes": scene_clip(args.scene_style, base.image_size)}  # 192 px
+    radius = {"shapes": 12, "scenes": SCENE_VIDEO_RADIUS}
     rows, colours = {}, {}
     for dataset in ("shapes", "scenes"):
         cfg = replace(base, dataset=dataset, scene_style=args.scene_style)
@@ -113,28 +136,30 @@ def main() -> None:
         knn = knn_top1(backbone, train_split, test_split, cfg, torch.device("cpu"),
                        progress=False)
         images, masks = test_split.images[:args.n_iou], test_split.masks[:args.n_iou]
-        frames, video_masks = videos[dataset][:2]  # (T, 3, H, W), (T, H, W)
+        side = args.attention_size or cfg.image_size
+        big, big_masks = enlarge(images, masks, side)  # the attention columns read these
+        frames, video_masks = videos[dataset]  # (T, 3, H, W), (T, H, W)
         rows[dataset] = [
             f"{pixel_knn(train_split, test_split, cfg.n_eval):.1f}%", f"{knn['top1']:.1f}%",
-            f"{attention_iou(backbone, images, masks):.3f}",
-            f"{blob_iou(masks, cfg.image_size // cfg.patch_size):.3f}",
+            f"{attention_iou(backbone, big, big_masks):.3f}",
+            f"{blob_iou(big_masks, side // cfg.patch_size):.3f}",
             f"{masks.float().mean():.3f}",
-            f"{grid_iou_ceiling(masks, cfg.patch_size).mean():.3f}",
+            f"{grid_iou_ceiling(big_masks, cfg.patch_size).mean():.3f}",
             f"{object_probe(backbone, images, masks)['balanced']:.1f}%",
-            f"{evaluate_propagation(backbone, frames, video_masks)['J']:.3f}",
+            f"{clip_j(backbone, frames, video_masks, radius[dataset]):.3f}",
             f"{still_j(video_masks):.3f}"]
         colours[dataset] = brightness(test_split.images, test_split.masks)
         if args.teacher and dataset == "scenes":
             knn = knn_top1(teacher, train_split, test_split, cfg, torch.device("cpu"),
                            progress=False)
             rows["scenes, trained teacher"] = [
-                "-", f"{knn['top1']:.1f}%", f"{attention_iou(teacher, images, masks):.3f}",
+                "-", f"{knn['top1']:.1f}%", f"{attention_iou(teacher, big, big_masks):.3f}",
                 "-", "-", "-", f"{object_probe(teacher, images, masks)['balanced']:.1f}%",
-                f"{evaluate_propagation(teacher, frames, video_masks)['J']:.3f}", "-"]
+                f"{clip_j(teacher, frames, video_masks, SCENE_VIDEO_RADIUS):.3f}", "-"]
     network = "the teacher's network" if args.teacher else "cpu-demo preset"
     print(f"{network} at random initialisation, patch {base.patch_size}, scene style "
-          f"{args.scene_style} (the ViT columns are the random ViT's, except in the trained "
-          "teacher's row)")
+          f"{args.scene_style}, attention read at {args.attention_size or base.image_size} px "
+          "(the ViT columns are the random ViT's, except in the trained teacher's row)")
     print("| built-in | kNN pixels | kNN ViT | IoU ViT | IoU centred blob | "
           "IoU whole image | IoU best patch mask | probe ViT | J ViT | J frame 0 held still |")
     print("| --- |" + " ---: |" * 9)
