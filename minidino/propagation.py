@@ -13,7 +13,9 @@ How (as DINO's evaluation):
    patch of frame t takes the `topk` most similar context patches (cosine similarity) that lie
    within `radius` patches of its own position (a square window), weights them by
    softmax(similarity / temperature), and averages their soft labels.
-4. The soft labels are upsampled bilinearly to pixels; the arg max is the predicted mask.
+4. The soft labels are upsampled bilinearly to pixels, each label's map is stretched to [0, 1]
+   over the frame (DINO's `norm_mask`: a small object whose share never beats the background's
+   still wins where it is likeliest), and the arg max is the predicted mask.
 Scores: `j_score` (region similarity, mean IoU) and `f_score` (contour accuracy).
 """
 
@@ -120,12 +122,27 @@ def propagate_labels(features: Tensor, first_labels: Tensor, n_context: int = 7,
     return torch.stack(labels).permute(0, 2, 1).reshape(T, C, h, w)  # (T, C, h, w)
 
 
+SPAN_EPS = 1e-5  # label maps that vary less than this over a frame count as constant
+
+
+def stretch_labels(scores: Tensor) -> Tensor:
+    """Label maps (T, C, H, W) -> each label's map of each frame min-max scaled to [0, 1], as
+    DINO's `norm_mask` does before the arg max. A map that is constant over a frame (a label
+    absent everywhere, or present everywhere), up to a rounding error below `SPAN_EPS`, is kept as
+    it is: stretching it would blow the rounding error up to a full-scale label."""
+    low = scores.amin((2, 3), keepdim=True)  # (T, C, 1, 1)
+    span = scores.amax((2, 3), keepdim=True) - low  # (T, C, 1, 1)
+    return torch.where(span > SPAN_EPS, (scores - low) / span.clamp(min=SPAN_EPS),
+                       scores)  # (T, C, H, W)
+
+
 def propagate_mask(features: Tensor, first_mask: Tensor, n_labels: int | None = None,
-                   **kwargs: float | int | None) -> Tensor:
+                   stretch: bool = True, **kwargs: float | int | None) -> Tensor:
     """Features (T, h, w, D) and the first frame's mask int64 (H, W) -> masks int64 (T, H, W).
 
-    n_labels: number of labels including background (default: first_mask.max() + 1). Frame 0 of
-    the result is first_mask itself. kwargs go to `propagate_labels`.
+    n_labels: number of labels including background (default: first_mask.max() + 1). stretch:
+    `stretch_labels` before the arg max, as DINO; False takes the arg max of the soft labels
+    themselves. Frame 0 of the result is first_mask itself. kwargs go to `propagate_labels`.
     """
     if first_mask.ndim != 2 or first_mask.dtype != torch.int64 or first_mask.min() < 0:
         raise ValueError(f"first_mask must be an int64 (H, W) map of ids >= 0, got "
@@ -135,7 +152,7 @@ def propagate_mask(features: Tensor, first_mask: Tensor, n_labels: int | None = 
                             **kwargs)  # (T, C, h, w)
     up = F.interpolate(soft, size=first_mask.shape, mode="bilinear",
                        align_corners=False)  # (T, C, H, W)
-    pred = up.argmax(1)  # (T, H, W)
+    pred = (stretch_labels(up) if stretch else up).argmax(1)  # (T, H, W)
     pred[0] = first_mask
     return pred
 
@@ -218,10 +235,12 @@ def f_score(pred: Tensor, gt: Tensor, tolerance: float = 0.008) -> float:
 
 def evaluate_propagation(backbone: torch.nn.Module, frames: Tensor, masks: Tensor,
                          n_context: int = 7, topk: int = 5, temperature: float = 0.1,
-                         radius: int | None = 12, tolerance: float = 0.008) -> dict[str, float]:
+                         radius: int | None = 12, tolerance: float = 0.008,
+                         stretch: bool = True) -> dict[str, float]:
     """Propagate masks[0] through frames (T, 3, H, W) with `backbone`'s patch features and score
     the prediction against masks (T, H, W) on frames 1..T-1 (frame 0 is given):
-    {"J": region similarity, "F": contour accuracy, "J&F": their mean}."""
+    {"J": region similarity, "F": contour accuracy, "J&F": their mean}. stretch: as in
+    `propagate_mask`."""
     if masks.shape != (frames.shape[0], *frames.shape[2:]):
         raise ValueError(f"masks {tuple(masks.shape)} must be (T, H, W) to match frames "
                          f"{tuple(frames.shape)}")
@@ -229,6 +248,7 @@ def evaluate_propagation(backbone: torch.nn.Module, frames: Tensor, masks: Tenso
         raise ValueError("frames must hold at least 2 frames: the first one is given")
     features = patch_features(backbone, frames)  # (T, h, w, D)
     pred = propagate_mask(features, masks[0], n_labels=int(masks.max()) + 1, n_context=n_context,
-                          topk=topk, temperature=temperature, radius=radius)  # (T, H, W)
+                          stretch=stretch, topk=topk, temperature=temperature,
+                          radius=radius)  # (T, H, W)
     J, F_ = j_score(pred[1:], masks[1:]), f_score(pred[1:], masks[1:], tolerance)
     return {"J": J, "F": F_, "J&F": (J + F_) / 2}

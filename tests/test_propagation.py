@@ -18,6 +18,7 @@ from minidino.propagation import (
     patch_features,
     propagate_labels,
     propagate_mask,
+    stretch_labels,
 )
 from minidino.video import make_video
 from minidino.vit import vit_nano
@@ -118,6 +119,45 @@ def test_identity_features_reproduce_the_first_mask(radius: int | None, n_contex
     upsampled = F.interpolate(soft, size=first.shape, mode="bilinear").argmax(1)[0]  # (H, W)
     assert (upsampled == first).float().mean() > 0.9
     assert torch.equal(pred[1:], upsampled.expand(T - 1, -1, -1))
+
+
+def _dino_norm_mask(mask: torch.Tensor) -> torch.Tensor:
+    """DINO's norm_mask (eval_video_segmentation.py), transcribed: (C, H, W), label by label."""
+    mask = mask.clone()
+    for c in range(mask.shape[0]):
+        m = mask[c]
+        if m.max() > 0:
+            m = m - m.min()
+            mask[c] = m / m.max()
+    return mask
+
+
+def test_stretch_labels_is_dinos_norm_mask() -> None:
+    scores = torch.rand(3, 4, 10, 12, generator=torch.Generator().manual_seed(0))  # (T, C, H, W)
+    scores[1, 2] = 0.0  # a label absent from a frame: DINO leaves it, and so do we
+    expected = torch.stack([_dino_norm_mask(frame) for frame in scores])
+    assert torch.allclose(stretch_labels(scores), expected, atol=1e-6)
+    constant = torch.full((1, 2, 4, 4), 0.5)  # constant maps are kept (DINO would divide by 0)
+    assert torch.equal(stretch_labels(constant), constant)
+
+
+def test_stretch_finds_a_small_object_that_never_beats_the_background() -> None:
+    """Features that copy frame 0's soft labels to frame 1, where the object holds a quarter of
+    each of its two patches: the plain arg max loses it; stretched, it is found in those
+    patches, all of its pixels among them."""
+    h = w = 4
+    identity = torch.eye(h * w).reshape(1, h, w, h * w).expand(2, -1, -1, -1)  # (2, h, w, hw)
+    first = torch.zeros(16, 16, dtype=torch.int64)
+    first[6:8, 6:10] = 1  # 8 pixels, 4 in each of the patches (1, 1) and (1, 2)
+    soft = mask_to_patches(first, 2, (h, w))  # the object's share: 0.25 in two patches
+    assert soft[1].max() < 0.5
+    plain = propagate_mask(identity, first, stretch=False, topk=1)
+    stretched = propagate_mask(identity, first, topk=1)
+    assert (plain[1] == 1).sum() == 0  # lost
+    found = stretched[1] == 1
+    patches = torch.zeros_like(found)
+    patches[4:8, 4:12] = True  # the two patches that hold the object
+    assert (found[first == 1]).all() and not (found & ~patches).any()
 
 
 def test_window_excludes_a_better_match_outside_it() -> None:

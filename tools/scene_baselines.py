@@ -1,7 +1,7 @@
 """Baselines on the built-in scenes before any training: raw pixels, a random ViT, a centred blob.
 
     python -m tools.scene_baselines [--patch-size 4] [--scene-style plain] [--teacher CKPT]
-                                    [--attention-size 64]
+                                    [--attention-size 64] [--n-clips 8]
 
 Everything uses the `cpu-demo` preset (its ViT at its random initialisation, `initial_backbone`,
 and its evaluation sizes: 10,000 training images as the kNN memory bank, 1,000 held-out queries)
@@ -21,7 +21,9 @@ on the built-in scenes and, for comparison, the built-in shapes it trains on tod
   `minidino.scene_video`, drawn at the training images' pixel scale (`scene_side`: objects and
   textures as many pixels wide as in the training scenes), then read enlarged 2x (a 24 x 24
   grid of 8-px patches) with a window of 3 patches (`SCENE_VIDEO_RADIUS`; DINO's 12 would
-  span the whole grid, and the objects move about half a patch per frame);
+  span the whole grid, and the objects move about half a patch per frame); "J, N clips" is the
+  mean over the videos of seeds 0..N-1 (`--n-clips`, 8 by default), the built-in one (seed 0)
+  among them: one clip is too few to compare two networks by;
 * a linear probe of the output patch tokens for object vs background (`minidino.patch_probe`:
   logistic regression fitted on the patches of half of the IoU images, balanced accuracy on the
   other half; 50% = no better than a constant answer);
@@ -99,6 +101,12 @@ def clip_j(backbone: torch.nn.Module, frames: torch.Tensor, masks: torch.Tensor,
     return evaluate_propagation(backbone, frames, masks, radius=radius)["J"]
 
 
+def mean_j(backbone: torch.nn.Module, clips: list[tuple[torch.Tensor, torch.Tensor]],
+           radius: int) -> float:
+    """The mean of `clip_j` over clips, each (frames (T, 3, H, W), masks (T, H, W))."""
+    return sum(clip_j(backbone, frames, masks, radius) for frames, masks in clips) / len(clips)
+
+
 def still_j(masks: torch.Tensor) -> float:
     """J on frames 1.. of predicting every frame of masks (T, H, W) as the first one."""
     return j_score(masks[:1].expand_as(masks[1:]), masks[1:])
@@ -116,7 +124,11 @@ def main() -> None:
                         "default: as they are")
     parser.add_argument("--scene-style", default="default", choices=SCENE_STYLES,
                         help="the style of the scenes and of the scene video")
+    parser.add_argument("--n-clips", type=int, default=8,
+                        help="videos (seeds 0..N-1) for the column of mean J")
     args = parser.parse_args()
+    if args.n_clips < 1:
+        parser.error(f"--n-clips {args.n_clips}: need at least 1 video")
     base = get_preset("cpu-demo")
     if args.teacher:
         teacher, base, _ = backbone_from(args.teacher, "teacher")
@@ -126,8 +138,9 @@ def main() -> None:
                          f"size {base.patch_size}: leave it out with --teacher")
     base = replace(base, patch_size=args.patch_size or base.patch_size, n_train=None)
     backbone = initial_backbone(base).eval()  # the same weights for both datasets
-    videos = {"shapes": make_video(n_frames=12, seed=0)[:2],  # 96 px
-              "scenes": scene_clip(args.scene_style, base.image_size)}  # 192 px
+    videos = {"shapes": [make_video(n_frames=12, seed=s)[:2] for s in range(args.n_clips)],
+              "scenes": [scene_clip(args.scene_style, base.image_size, s)
+                         for s in range(args.n_clips)]}  # 96 px and 192 px; seed 0 built in
     radius = {"shapes": 12, "scenes": SCENE_VIDEO_RADIUS}
     rows, colours = {}, {}
     for dataset in ("shapes", "scenes"):
@@ -138,7 +151,7 @@ def main() -> None:
         images, masks = test_split.images[:args.n_iou], test_split.masks[:args.n_iou]
         side = args.attention_size or cfg.image_size
         big, big_masks = enlarge(images, masks, side)  # the attention columns read these
-        frames, video_masks = videos[dataset]  # (T, 3, H, W), (T, H, W)
+        frames, video_masks = videos[dataset][0]  # the built-in clip: (T, 3, H, W), (T, H, W)
         rows[dataset] = [
             f"{pixel_knn(train_split, test_split, cfg.n_eval):.1f}%", f"{knn['top1']:.1f}%",
             f"{attention_iou(backbone, big, big_masks):.3f}",
@@ -147,6 +160,7 @@ def main() -> None:
             f"{grid_iou_ceiling(big_masks, cfg.patch_size).mean():.3f}",
             f"{object_probe(backbone, images, masks)['balanced']:.1f}%",
             f"{clip_j(backbone, frames, video_masks, radius[dataset]):.3f}",
+            f"{mean_j(backbone, videos[dataset], radius[dataset]):.3f}",
             f"{still_j(video_masks):.3f}"]
         colours[dataset] = brightness(test_split.images, test_split.masks)
         if args.teacher and dataset == "scenes":
@@ -155,14 +169,16 @@ def main() -> None:
             rows["scenes, trained teacher"] = [
                 "-", f"{knn['top1']:.1f}%", f"{attention_iou(teacher, big, big_masks):.3f}",
                 "-", "-", "-", f"{object_probe(teacher, images, masks)['balanced']:.1f}%",
-                f"{clip_j(teacher, frames, video_masks, SCENE_VIDEO_RADIUS):.3f}", "-"]
+                f"{clip_j(teacher, frames, video_masks, SCENE_VIDEO_RADIUS):.3f}",
+                f"{mean_j(teacher, videos[dataset], SCENE_VIDEO_RADIUS):.3f}", "-"]
     network = "the teacher's network" if args.teacher else "cpu-demo preset"
     print(f"{network} at random initialisation, patch {base.patch_size}, scene style "
           f"{args.scene_style}, attention read at {args.attention_size or base.image_size} px "
           "(the ViT columns are the random ViT's, except in the trained teacher's row)")
     print("| built-in | kNN pixels | kNN ViT | IoU ViT | IoU centred blob | "
-          "IoU whole image | IoU best patch mask | probe ViT | J ViT | J frame 0 held still |")
-    print("| --- |" + " ---: |" * 9)
+          "IoU whole image | IoU best patch mask | probe ViT | J ViT | "
+          f"J ViT, {args.n_clips} clips | J frame 0 held still |")
+    print("| --- |" + " ---: |" * 10)
     for dataset, cells in rows.items():
         print(f"| {dataset} | " + " | ".join(cells) + " |")
     print("\n| built-in | object brightness | background brightness | per-image gap |")
