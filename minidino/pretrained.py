@@ -8,9 +8,9 @@ its random initialisation, the baseline every trained number is compared with.
 
 Three teachers ship with the package: `PRETRAINED`, the `cpu-demo` run on the built-in shapes
 (`make demo`); `SCENES_TEACHER`, the `cpu-scenes` run on the built-in scenes (DINO + iBOT +
-KoLeo), whose heads find the objects; and `SCENES_DINO_TEACHER`, the same run without iBOT, for
-comparing patch tokens with and without iBOT's loss. docs/benchmarks.md gives the commands that
-trained them and what they score.
+KoLeo), whose heads find the objects and whose patch tokens follow them through the scene video;
+and `SCENES_DINO_TEACHER`, the same run without iBOT, for comparing patch tokens with and without
+iBOT's loss. docs/benchmarks.md gives the commands that trained them and what they score.
 """
 
 from __future__ import annotations
