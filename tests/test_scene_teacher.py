@@ -48,12 +48,12 @@ def test_the_scene_teachers_patch_tokens_follow_objects_through_the_scene_video(
     """Label propagation through two scene videos (seeds 0 and 1, at the training scale, read
     enlarged 2x with a 3-patch window, as tools/scene_baselines; docs: J 0.483 vs 0.299 over 8
     videos): the teacher's patch tokens carry the masks further than its network at init."""
+    teacher, untrained = load_pretrained(SCENES_TEACHER), random_init_like(SCENES_TEACHER)
     gaps = []
     for seed in (0, 1):
         video = make_scene_video(n_frames=12, seed=seed, style="plain", scene_side=32)
         frames, masks = enlarge(video.frames, video.masks, 192)  # (12, 3, 192, 192), (12, 192, 192)
-        trained, untrained = (evaluate_propagation(net, frames, masks, radius=3)["J"]
-                              for net in (load_pretrained(SCENES_TEACHER),
-                                          random_init_like(SCENES_TEACHER)))
-        gaps.append(trained - untrained)
+        trained_j, untrained_j = (evaluate_propagation(net, frames, masks, radius=3)["J"]
+                                  for net in (teacher, untrained))
+        gaps.append(trained_j - untrained_j)
     assert min(gaps) > 0.1, gaps

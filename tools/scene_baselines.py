@@ -101,10 +101,12 @@ def clip_j(backbone: torch.nn.Module, frames: torch.Tensor, masks: torch.Tensor,
     return evaluate_propagation(backbone, frames, masks, radius=radius)["J"]
 
 
-def mean_j(backbone: torch.nn.Module, clips: list[tuple[torch.Tensor, torch.Tensor]],
-           radius: int) -> float:
-    """The mean of `clip_j` over clips, each (frames (T, 3, H, W), masks (T, H, W))."""
-    return sum(clip_j(backbone, frames, masks, radius) for frames, masks in clips) / len(clips)
+def clip_js(backbone: torch.nn.Module, clips: list[tuple[torch.Tensor, torch.Tensor]],
+            radius: int) -> tuple[str, str]:
+    """`clip_j` on each clip (frames (T, 3, H, W), masks (T, H, W)), the built-in one first ->
+    the table's two cells: J on the built-in clip, and the mean J over all the clips."""
+    js = [clip_j(backbone, frames, masks, radius) for frames, masks in clips]
+    return f"{js[0]:.3f}", f"{sum(js) / len(js):.3f}"
 
 
 def still_j(masks: torch.Tensor) -> float:
@@ -151,7 +153,7 @@ def main() -> None:
         images, masks = test_split.images[:args.n_iou], test_split.masks[:args.n_iou]
         side = args.attention_size or cfg.image_size
         big, big_masks = enlarge(images, masks, side)  # the attention columns read these
-        frames, video_masks = videos[dataset][0]  # the built-in clip: (T, 3, H, W), (T, H, W)
+        video_masks = videos[dataset][0][1]  # the built-in clip's masks (T, H, W)
         rows[dataset] = [
             f"{pixel_knn(train_split, test_split, cfg.n_eval):.1f}%", f"{knn['top1']:.1f}%",
             f"{attention_iou(backbone, big, big_masks):.3f}",
@@ -159,8 +161,7 @@ def main() -> None:
             f"{masks.float().mean():.3f}",
             f"{grid_iou_ceiling(big_masks, cfg.patch_size).mean():.3f}",
             f"{object_probe(backbone, images, masks)['balanced']:.1f}%",
-            f"{clip_j(backbone, frames, video_masks, radius[dataset]):.3f}",
-            f"{mean_j(backbone, videos[dataset], radius[dataset]):.3f}",
+            *clip_js(backbone, videos[dataset], radius[dataset]),
             f"{still_j(video_masks):.3f}"]
         colours[dataset] = brightness(test_split.images, test_split.masks)
         if args.teacher and dataset == "scenes":
@@ -169,8 +170,7 @@ def main() -> None:
             rows["scenes, trained teacher"] = [
                 "-", f"{knn['top1']:.1f}%", f"{attention_iou(teacher, big, big_masks):.3f}",
                 "-", "-", "-", f"{object_probe(teacher, images, masks)['balanced']:.1f}%",
-                f"{clip_j(teacher, frames, video_masks, SCENE_VIDEO_RADIUS):.3f}",
-                f"{mean_j(teacher, videos[dataset], SCENE_VIDEO_RADIUS):.3f}", "-"]
+                *clip_js(teacher, videos[dataset], SCENE_VIDEO_RADIUS), "-"]
     network = "the teacher's network" if args.teacher else "cpu-demo preset"
     print(f"{network} at random initialisation, patch {base.patch_size}, scene style "
           f"{args.scene_style}, attention read at {args.attention_size or base.image_size} px "
