@@ -14,7 +14,8 @@ The modules, in the order the lessons teach them, then the run around them:
     train.py            06  the training loop: resume, steps, logging, kNN, checkpoints
     data.py, folder.py  07  the datasets (built in, CIFAR, ImageNette, your folder), a run's splits
     batches.py          07  feeding crops: images held on the device, or a DataLoader
-    evaluate.py         07  kNN, linear probe, a run's held-out evaluation, a checkpoint's scores
+    evaluate.py         07  frozen features, weighted kNN, the linear probe
+    held_out.py         07  a run's held-out evaluation (kNN during training), a checkpoint's scores
     attention.py        08  CLS attention maps, their masks, IoU with object masks
     ibot.py             09  iBOT: block masks, the mask token, the masked patch loss
     patch_probe.py      09  a linear probe of patch tokens: object vs background

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sweep":
             _sweep(args)
         elif args.command == "eval":
-            from minidino.evaluate import evaluate_checkpoint
+            from minidino.held_out import evaluate_checkpoint
 
             evaluate_checkpoint(args.checkpoint, which=args.which, linear=args.linear, k=args.k)
         elif args.command == "export":

@@ -13,7 +13,7 @@ from typing import Any
 from minidino.config import TrainConfig
 from minidino.data import load_splits
 from minidino.device import pick_device
-from minidino.evaluate import knn_top1
+from minidino.held_out import knn_top1
 from minidino.pretrained import initial_backbone
 from minidino.train import train
 from minidino.viz import plot_attention_maps, plot_training_curves

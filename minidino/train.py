@@ -46,7 +46,7 @@ from minidino.distributed import (
     shutdown,
     world_size,
 )
-from minidino.evaluate import knn_top1
+from minidino.held_out import knn_top1
 from minidino.step import DINOParts, build_parts, train_step
 from minidino.watchdog import CollapseWatchdog
 

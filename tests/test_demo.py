@@ -9,7 +9,7 @@ import torch
 from minidino.__main__ import main
 from minidino.config import fast_config
 from minidino.demo import run_demo
-from minidino.evaluate import evaluate_checkpoint
+from minidino.held_out import evaluate_checkpoint
 from minidino.presets import get_preset
 from minidino.pretrained import export_backbone, load_pretrained
 
@@ -68,7 +68,7 @@ def test_knn_top1_loads_image_datasets_quietly_when_asked(capsys):
     # a split whose images are not yet in memory (as for a folder dataset) is loaded on demand;
     # with progress=False that happens without a progress bar
     from minidino.data import DatasetSplit, TensorImageDataset
-    from minidino.evaluate import knn_top1
+    from minidino.held_out import knn_top1
 
     cfg = replace(get_preset("cpu-demo"), n_eval=None)
     torch.manual_seed(0)

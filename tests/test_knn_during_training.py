@@ -10,7 +10,7 @@ import pytest
 from minidino.augment import crop_config
 from minidino.config import TrainConfig, fast_config
 from minidino.data import load_splits
-from minidino.evaluate import knn_top1
+from minidino.held_out import knn_top1
 from minidino.presets import get_preset
 from minidino.train import train
 from minidino.viz import plot_training_curves

@@ -23,7 +23,7 @@ import torch
 from minidino.attention import best_head_iou
 from minidino.config import TrainConfig
 from minidino.data import load_splits
-from minidino.evaluate import knn_top1
+from minidino.held_out import knn_top1
 from minidino.presets import get_preset
 from minidino.pretrained import initial_backbone
 from minidino.propagation import evaluate_propagation

@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from minidino.data import load_splits
-from minidino.evaluate import knn_top1
+from minidino.held_out import knn_top1
 from minidino.presets import get_preset
 from minidino.train import train
 from tools.bench import main as bench_main

@@ -47,7 +47,8 @@ from minidino.attention import best_head_iou as attention_iou
 from minidino.augment_batched import normalize
 from minidino.config import SCENE_STYLES
 from minidino.data import load_splits
-from minidino.evaluate import knn_accuracy, knn_top1
+from minidino.evaluate import knn_accuracy
+from minidino.held_out import knn_top1
 from minidino.patch_probe import object_probe
 from minidino.presets import get_preset
 from minidino.pretrained import backbone_from, initial_backbone
