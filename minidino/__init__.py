@@ -24,7 +24,8 @@ The modules, in the order the lessons teach them, then the run around them:
     video.py            11  a built-in moving-shapes video and DAVIS-2017
     propagation.py      11  video label propagation, J and F
 
-    config.py           the training config: every knob, its reason, its validation
+    config.py           the training config: every knob and its reason
+    config_checks.py    what each config field allows; the ConfigError that names a bad value
     config_cli.py       the config on the command line: one --field-name option per field
     presets.py          named configs: cpu-demo, cifar10, imagenette, ibot-cifar10, ...
     device.py           where training runs (cuda, then mps, then cpu)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from typing import Any
 
-from minidino.config import _FIELD_TYPES, _KIND_WORDS, ConfigError, TrainConfig
+from minidino.config import TrainConfig
+from minidino.config_checks import KIND_WORDS, ConfigError, field_types
 
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True,
           "0": False, "false": False, "no": False, "off": False}
@@ -26,7 +27,7 @@ def _parse_value(name: str, kind: type, text: str) -> Any:
         return tuple(float(v) for v in text.split(",")) if kind is tuple else kind(text)
     except (KeyError, ValueError):
         how = " (write low,high)" if kind is tuple else ""
-        raise ConfigError(name, text, f"must be {_KIND_WORDS[kind]}{how}",
+        raise ConfigError(name, text, f"must be {KIND_WORDS[kind]}{how}",
                           context=f"--{name.replace('_', '-')} {text!r}: ") from None
 
 
@@ -49,7 +50,7 @@ def add_config_arguments(parser: Any, preset_name: str | None = None,
                                          "--preset (and --fast) change it.")
     group = parser.add_argument_group("config options (any field of TrainConfig)", about)
     for f in fields(TrainConfig):
-        kind = _FIELD_TYPES[f.name][0]
+        kind = field_types(TrainConfig)[f.name][0]
         text = f.metadata["help"]
         if preset is not None:
             text += f" [preset: {_as_typed(getattr(preset, f.name))}]"
@@ -62,7 +63,7 @@ def config_from_args(base: TrainConfig, args: Any) -> TrainConfig:
     option as typed, the field, the value and what is allowed."""
     texts = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
-    changes = {name: _parse_value(name, _FIELD_TYPES[name][0], text)
+    changes = {name: _parse_value(name, field_types(TrainConfig)[name][0], text)
                for name, text in texts.items()}
     try:
         return replace(base, **changes)

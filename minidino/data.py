@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import center_crop, pil_to_tensor, resize
 from tqdm.auto import tqdm
 
-from minidino.config import DATASETS, TrainConfig
+from minidino.config import TrainConfig
+from minidino.config_checks import DATASETS
 from minidino.folder import SPLITS, BadImageWarning, ImageFolderDataset, load_folder
 from minidino.scenes import ScenesDataset
 from minidino.shapes import ShapesDataset

@@ -40,7 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from minidino.config import CUDA_GRAPH_MODES, TrainConfig
+from minidino.config import TrainConfig
+from minidino.config_checks import CUDA_GRAPH_MODES
 from minidino.distributed import is_distributed, rank, rank_seed, wrap_ddp
 from minidino.head import DINOHead, MultiCropWrapper, cancel_last_layer_gradients
 from minidino.ibot import IBOTLoss, IBOTOutput, IBOTWrapper, block_masks

@@ -32,7 +32,8 @@ from minidino.checkpoint import (
     set_rng_state,
 )
 from minidino.collapse import collapse_metrics
-from minidino.config import TrainConfig, check_world_size
+from minidino.config import TrainConfig
+from minidino.config_checks import check_world_size
 from minidino.data import DatasetSplit, load_splits
 from minidino.device import pick_device
 from minidino.distributed import (

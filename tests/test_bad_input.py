@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from minidino.__main__ import main
-from minidino.config import DIFFICULTIES, TrainConfig, check_world_size, fast_config
+from minidino.config import TrainConfig, fast_config
+from minidino.config_checks import DIFFICULTIES, check_world_size
 from minidino.presets import get_preset
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"

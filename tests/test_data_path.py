@@ -35,7 +35,8 @@ from minidino.batches import (
     free_memory,
     make_batches,
 )
-from minidino.config import ConfigError, TrainConfig, fast_config
+from minidino.config import TrainConfig, fast_config
+from minidino.config_checks import ConfigError
 from minidino.data import BadImageWarning, load_dataset, make_resident, to_tensor_images
 from minidino.presets import get_preset
 

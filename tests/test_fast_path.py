@@ -21,7 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from minidino import train as train_module
 from minidino.batches import make_batches
-from minidino.config import ConfigError, TrainConfig, fast_config
+from minidino.config import TrainConfig, fast_config
+from minidino.config_checks import ConfigError
 from minidino.data import DatasetSplit, TensorImageDataset
 from minidino.head import cancel_last_layer_gradients
 from minidino.presets import get_preset

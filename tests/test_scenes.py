@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minidino.config import SCENE_STYLES, ConfigError
+from minidino.config_checks import SCENE_STYLES, ConfigError
 from minidino.data import load_dataset, load_splits
 from minidino.presets import get_preset
 from minidino.propagation import f_score, j_score, propagate_mask

@@ -37,7 +37,8 @@ import torch
 
 from minidino.augment import crop_config
 from minidino.batches import DeviceBatches, LoaderBatches, default_num_workers
-from minidino.config import COMPILE_MODES, TrainConfig, fast_config
+from minidino.config import TrainConfig, fast_config
+from minidino.config_checks import COMPILE_MODES
 from minidino.data import DatasetSplit, TensorImageDataset, cpu_cores
 from minidino.device import pick_device
 from minidino.presets import get_preset

@@ -45,7 +45,7 @@ import torch
 from minidino.attention import attention_mass_mask, enlarge, grid_iou_ceiling, patch_mask_iou
 from minidino.attention import best_head_iou as attention_iou
 from minidino.augment_batched import normalize
-from minidino.config import SCENE_STYLES
+from minidino.config_checks import SCENE_STYLES
 from minidino.data import load_splits
 from minidino.evaluate import knn_accuracy
 from minidino.held_out import knn_top1
