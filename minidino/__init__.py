@@ -11,7 +11,8 @@ The modules, in the order the lessons teach them, then the run around them:
     teacher.py          05  the EMA teacher
     schedules.py        05  learning rate, weight decay, momentum and temperature per step
     step.py             06  building the parts of a run; one training step
-    train.py            06  the training loop: resume, steps, logging, kNN, checkpoints
+    train.py            06  the training loop: resume, steps, kNN, checkpoints
+    training_log.py     06  what a run records: metrics.jsonl, epochs.jsonl, the progress bar
     data.py, folder.py  07  the datasets (built in, CIFAR, ImageNette, your folder), a run's splits
     batches.py          07  feeding crops: images held on the device, or a DataLoader
     evaluate.py         07  frozen features, weighted kNN, the linear probe

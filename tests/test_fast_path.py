@@ -29,7 +29,8 @@ from minidino.presets import get_preset
 from minidino.shapes import SHAPE_CLASSES, make_shapes
 from minidino.step import build_parts, train_step
 from minidino.teacher import ema_update_
-from minidino.train import TrainingLog, train
+from minidino.train import train
+from minidino.training_log import TrainingLog
 
 
 @pytest.fixture(scope="module")

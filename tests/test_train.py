@@ -16,7 +16,8 @@ from minidino.head import DINOHead, MultiCropWrapper
 from minidino.loss import DINOLoss
 from minidino.presets import get_preset
 from minidino.teacher import build_teacher, ema_update_
-from minidino.train import NonFiniteLossError, train
+from minidino.train import train
+from minidino.training_log import NonFiniteLossError
 from minidino.vit import vit_nano
 
 
