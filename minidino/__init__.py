@@ -14,6 +14,7 @@ The modules, in the order the lessons teach them, then the run around them:
     train.py            06  the training loop: resume, steps, kNN, checkpoints
     training_log.py     06  what a run records: metrics.jsonl, epochs.jsonl, the progress bar
     data.py, folder.py  07  the datasets (built in, CIFAR, ImageNette, your folder), a run's splits
+    resident.py         07  images read from disk, decoded once into memory by worker processes
     batches.py          07  feeding crops: images held on the device, or a DataLoader
     evaluate.py         07  frozen features, weighted kNN, the linear probe
     held_out.py         07  a run's held-out evaluation (kNN during training), a checkpoint's scores

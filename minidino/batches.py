@@ -41,15 +41,7 @@ from minidino.augment import (
     crop_config,
 )
 from minidino.config import TrainConfig
-from minidino.data import (
-    WORKER_TIMEOUT_S,
-    DataLoaderWorkerError,
-    DatasetSplit,
-    cpu_cores,
-    make_resident,
-    subset_indices,
-    worker_failure_message,
-)
+from minidino.data import DatasetSplit, subset_indices
 from minidino.distributed import (
     broadcast_object,
     is_main,
@@ -57,6 +49,13 @@ from minidino.distributed import (
     rank,
     rank_seed,
     world_size,
+)
+from minidino.resident import (
+    WORKER_TIMEOUT_S,
+    DataLoaderWorkerError,
+    cpu_cores,
+    make_resident,
+    worker_failure_message,
 )
 
 MEMORY_SHARE = 0.25  # "auto": the device path when the images take at most this much free memory

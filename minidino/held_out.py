@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 
 from minidino.config import TrainConfig
-from minidino.data import DatasetSplit, load_splits, make_resident, subset_indices
+from minidino.data import DatasetSplit, load_splits, subset_indices
 from minidino.device import pick_device
 from minidino.evaluate import extract_features, knn_accuracy, linear_probe
 from minidino.pretrained import backbone_from
+from minidino.resident import make_resident
 
 
 def _eval_images(train_split: DatasetSplit, test_split: DatasetSplit, cfg: TrainConfig,

@@ -31,8 +31,8 @@ from minidino.data import (
     DatasetSplit,
     download,
     load_dataset,
-    to_tensor_images,
 )
+from minidino.resident import to_tensor_images
 from minidino.shapes import SHAPE_CLASSES
 
 

@@ -37,8 +37,9 @@ from minidino.batches import (
 )
 from minidino.config import TrainConfig, fast_config
 from minidino.config_checks import ConfigError
-from minidino.data import BadImageWarning, load_dataset, make_resident, to_tensor_images
+from minidino.data import BadImageWarning, load_dataset
 from minidino.presets import get_preset
+from minidino.resident import make_resident, to_tensor_images
 
 GB = 2**30
 CROPS = small_image_config(16, n_local_crops=1)

@@ -39,9 +39,10 @@ from minidino.augment import crop_config
 from minidino.batches import DeviceBatches, LoaderBatches, default_num_workers
 from minidino.config import TrainConfig, fast_config
 from minidino.config_checks import COMPILE_MODES
-from minidino.data import DatasetSplit, TensorImageDataset, cpu_cores
+from minidino.data import DatasetSplit, TensorImageDataset
 from minidino.device import pick_device
 from minidino.presets import get_preset
+from minidino.resident import cpu_cores
 from minidino.step import build_parts, build_student, train_step
 from minidino.train import train
 
