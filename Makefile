@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint exercises lab bench bench-gpu clean
+.PHONY: install demo test test-fast lint exercises lab bench bench-gpu speed-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: $(STAMP)
 CIFAR_DIR ?= data/cifar10-folder/train
 bench-gpu: $(STAMP)
 	PYTHONUNBUFFERED=1 $(BIN)/python -m tools.gpu_check --data-path $(CIFAR_DIR)
+
+# The fast path's measurements on one CUDA GPU within 9 minutes (docs/benchmarks.md)
+speed-check: $(STAMP)
+	PYTHON=$(BIN)/python bash tools/speed_check.sh runs/speed-check
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -100,7 +100,7 @@ def bench_training(cfg: TrainConfig, device: torch.device, steps: int = 20, warm
     """Measure the three rows for `cfg` on `device` with random uint8 images."""
     cfg = replace(cfg, epochs=1, warmup_epochs=0, freeze_last_layer=0, device=device.type)
     n = cfg.batch_size * (steps + warmup + 1)
-    images = _random_images(n, cfg.image_size)  # (N, 3, H, W)
+    images = random_images(n, cfg.image_size)  # (N, 3, H, W)
     device_batches = DeviceBatches(images, cfg.batch_size, crop_config(cfg), 0, device)
     fixed = next(device_batches.epoch(0))
 
@@ -110,12 +110,12 @@ def bench_training(cfg: TrainConfig, device: torch.device, steps: int = 20, warm
 
     rows = []
     cases = [("model only (crops made once)", repeat_fixed),
-             ("end to end, device path", lambda: _endless(device_batches))]
+             ("end to end, device path", lambda: endless(device_batches))]
     if loader:
         loader_batches = LoaderBatches(TensorImageDataset(images, torch.zeros(n).long()),
                                        cfg.batch_size, crop_config(cfg), 0, device, num_workers)
         cases.append((f"end to end, DataLoader ({num_workers} workers)",
-                      lambda: _endless(loader_batches)))
+                      lambda: endless(loader_batches)))
     flops, peak = training_flops_per_image(cfg), peak_flops(device)
     for name, make in cases:
         if device.type == "cuda":
@@ -151,7 +151,7 @@ def bench_fast_path(cfg: TrainConfig, device: torch.device, batch_sizes: list[in
         c = replace(cfg, batch_size=batch, epochs=1, warmup_epochs=0, freeze_last_layer=0,
                     device=device.type, n_train=None, compile=False, compile_mode="default")
         fast = replace(c, compile=True, compile_mode=fast_mode)
-        images = _random_images(batch * (steps + warmup + 1), c.image_size)
+        images = random_images(batch * (steps + warmup + 1), c.image_size)
         on_device = DeviceBatches(images, batch, crop_config(c), 0, device)
         per_image = LoaderBatches(TensorImageDataset(images, torch.zeros(len(images)).long()),
                                   batch, crop_config(c), 0, device, num_workers)
@@ -163,7 +163,7 @@ def bench_fast_path(cfg: TrainConfig, device: torch.device, batch_sizes: list[in
         first = len(rows)
         for name, case_cfg, batches in cases:
             _reset_peak(device)
-            ips = _rate(case_cfg, device, lambda b=batches: _endless(b), steps, warmup)
+            ips = _rate(case_cfg, device, lambda b=batches: endless(b), steps, warmup)
             rows.append(_row(batch, name, ips, device, flops, peak))
         _reset_peak(device)
         ips, whole = _train_rate(fast, device, train_steps)
@@ -180,12 +180,14 @@ def bench_fast_path(cfg: TrainConfig, device: torch.device, batch_sizes: list[in
     return rows, notes
 
 
-def _random_images(n: int, size: int) -> torch.Tensor:
+def random_images(n: int, size: int) -> torch.Tensor:
+    """`n` random uint8 images (n, 3, size, size), the same ones every call (seed 0)."""
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
 
 
-def _endless(batches: Any) -> Any:
+def endless(batches: Any) -> Any:
+    """The crops of `batches` (DeviceBatches or LoaderBatches), epoch after epoch, for ever."""
     epoch = 0
     while True:
         yield from batches.epoch(epoch)
@@ -206,7 +208,7 @@ def _row(batch: int, name: str, ips: float, device: torch.device, flops: float,
 def _train_rate(cfg: TrainConfig, device: torch.device, steps: int) -> tuple[float, float]:
     """images/s of `train` itself on random images: steady (from its first log step, after the
     compilation, to its last, as metrics.jsonl times them) and over the whole run."""
-    images = _random_images(cfg.batch_size * steps, cfg.image_size)
+    images = random_images(cfg.batch_size * steps, cfg.image_size)
     split = DatasetSplit(images, torch.zeros(len(images)).long(), ["none"],
                          TensorImageDataset(images, torch.zeros(len(images)).long()))
     log_every = max(1, steps // 6)
@@ -241,7 +243,7 @@ def _count_syncs(cfg: TrainConfig, device: torch.device, batches: DeviceBatches,
                  steps: int = 3) -> str:
     """Host synchronisations per step of the eager device path (crops and step), counted by
     CUDA's sync debug mode, with the lines that cause them."""
-    parts, crops = build_parts(cfg, steps_per_epoch=steps + 1, device=device), _endless(batches)
+    parts, crops = build_parts(cfg, steps_per_epoch=steps + 1, device=device), endless(batches)
     train_step(parts, next(crops), 0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
