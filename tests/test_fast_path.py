@@ -1,4 +1,4 @@
-"""The fast path (issue 17; described in minidino/step.py): the compiled step gives the plain
+"""The fast path (described in minidino/step.py): the compiled step gives the plain
 step's losses, the step computes what the plain DINO step computes, and the training loop reads
 values back from the device only at its log steps, all at once, with the same logged numbers."""
 

@@ -8,7 +8,7 @@ Subcommands:
   augment    multi-crop augmentation: per-image torchvision pipeline vs batched tensor ops.
   train      the training step per preset: model only, end to end on the device path and on
              the DataLoader path (`bench_training` in tools/bench_train.py).
-  fast-path  the full training report of issue 17, per batch size: the per-image DataLoader
+  fast-path  the fast path's full training report, per batch size: the per-image DataLoader
              path (the baseline), the device path eager, compiled and on the fast path, and
              `train` itself, each with images/s, the ratio to the baseline, MFU and peak memory;
              the fast path's first losses against the eager path's; on CUDA the host syncs per
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "('default' = torch's); 1 compares per core, as a DataLoader worker runs")
     p.set_defaults(func=bench_augment)
     p = sub.add_parser("train", help="training step per preset: model only, device path, "
-                       "DataLoader path (the full report of issue 17: fast-path)")
+                       "DataLoader path (the fast path's full report: fast-path)")
     p.add_argument("--preset", default="cpu-demo,cifar10",
                    help="comma-separated presets to measure")
     p.add_argument("--device", default="auto")
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=bench_train)
     # its options are tools/bench_train.py's and pass through unparsed (see `main`)
     p = sub.add_parser("fast-path", add_help=False,
-                       help="issue 17's report: DataLoader baseline, device path eager, "
+                       help="the fast path's report: DataLoader baseline, device path eager, "
                             "compiled and fast, train() itself; MFU, peak memory "
                             "(tools/bench_train.py; `fast-path --help` for its options)")
     p.set_defaults(func=bench_fast_path)

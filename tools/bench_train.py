@@ -7,14 +7,14 @@ same process on the same model:
 - end to end, DataLoader path: per-image torchvision multi-crop in DataLoader workers, the step.
 The ratio of the two end-to-end rows is the speed-up of the device path.
 
-`python -m tools.bench_train` (issue 17) measures, per batch size, end to end: the per-image
-DataLoader path (the baseline), the device path eager, compiled, and on the fast path (compiled
-with CUDA graphs, `--compile-mode`; see minidino/step.py), and what `train` itself sustains in a
-short real run on the fast path; each with images/s, the ratio to the baseline, MFU and peak
-memory. It also compares the first losses of the fast path with the eager path's on the same
-crops and, on CUDA, counts the host synchronisations per step. On a GPU its defaults are the
-`cifar10` preset at batches 512 and 1,024; on a CPU, a shrunk preset at small batches, as a
-smoke test of the script.
+`python -m tools.bench_train`, the fast path's report, measures per batch size, end to end: the
+per-image DataLoader path (the baseline), the device path eager, compiled, and on the fast path
+(compiled with CUDA graphs, `--compile-mode`; see minidino/step.py), and what `train` itself
+sustains in a short real run on the fast path; each with images/s, the ratio to the baseline, MFU
+and peak memory. It also compares the first losses of the fast path with the eager path's on the
+same crops and, on CUDA, counts the host synchronisations per step. On a GPU its defaults are the
+`cifar10` preset at batches 512 and 1,024; on a CPU, a shrunk preset at small batches, as a smoke
+test of the script.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def format_rows(title: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------- issue 17: the fast path
+# ------------------------------------------------------------------------ the fast path
 def bench_fast_path(cfg: TrainConfig, device: torch.device, batch_sizes: list[int],
                     steps: int, warmup: int, num_workers: int, fast_mode: str,
                     train_steps: int) -> tuple[list[dict[str, Any]], list[str]]:
