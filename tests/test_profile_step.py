@@ -3,6 +3,7 @@ answers, and one real profile of a training step on the CPU."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import replace
 
@@ -141,9 +142,10 @@ def test_profile_of_a_real_step_on_the_cpu(tmp_path) -> None:
     torch.manual_seed(0)
     cfg = replace(fast_config(get_preset("cpu-demo")), batch_size=8, epochs=1, warmup_epochs=0,
                   freeze_last_layer=0, n_train=None)
-    trace = tmp_path / "step.json"
+    trace = tmp_path / "step.json.gz"
     s, step_ms = profile_steps(cfg, torch.device("cpu"), steps=1, warmup=1, trace_path=trace)
-    events = json.loads(trace.read_text())["traceEvents"]
+    with gzip.open(trace, "rt") as f:
+        events = json.load(f)["traceEvents"]
     marks = [e for e in events if e.get("name") == STEP_MARK]
     assert len(marks) == 1 and step_ms > 0
     ops = sorted((e for e in events if e.get("cat") == "cpu_op" and e.get("ph") == "X"),

@@ -293,13 +293,14 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(device) if gpu else platform.machine()
     print(f"torch {torch.__version__}, device {device} ({name}), {cpu_cores()} CPU cores, "
           f"{time.strftime('%Y-%m-%d')}", flush=True)
-    rows, notes = bench_fast_path(cfg, device, sizes, args.steps or (30 if gpu else 3),
-                                  args.warmup or (5 if gpu else 2), workers, args.fast_mode,
-                                  args.train_steps or (60 if gpu else 12))
     title = (f"\n{args.preset or ('cifar10' if gpu else 'cpu-demo (fast mode)')}: "
              f"{cfg.arch}/{cfg.patch_size}, 2 x {cfg.global_size} + {cfg.n_local_crops} x "
              f"{cfg.local_size} px, K={cfg.out_dim}, end to end")
-    print(format_fast_path(title, rows, notes), flush=True)
+    for batch in sizes:  # one table per batch size, printed as soon as it is measured
+        rows, notes = bench_fast_path(cfg, device, [batch], args.steps or (30 if gpu else 3),
+                                      args.warmup or (5 if gpu else 2), workers, args.fast_mode,
+                                      args.train_steps or (60 if gpu else 12))
+        print(format_fast_path(title, rows, notes), flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ traces in tests/test_profile_step.py.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import platform
 import re
@@ -187,8 +188,10 @@ def profile_steps(cfg: TrainConfig, device: torch.device, steps: int, warmup: in
                 train_step(parts, next(crops), warmup + steps + i)
         _wait(device)
     trace_path.parent.mkdir(parents=True, exist_ok=True)
-    prof.export_chrome_trace(str(trace_path))
-    events = json.loads(trace_path.read_text())["traceEvents"]
+    prof.export_chrome_trace(str(trace_path))  # gzipped when the name ends in .gz
+    opener = gzip.open if trace_path.suffix == ".gz" else open
+    with opener(trace_path, "rt") as f:
+        events = json.load(f)["traceEvents"]
     return summarize(events, steps), step_ms
 
 
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
           f"steps after {warmup}", flush=True)
     for mode in modes:
         run = cfg if mode == "eager" else replace(cfg, compile=True, compile_mode=mode)
-        trace = Path(args.trace_dir) / f"step-{mode}-b{cfg.batch_size}.json"
+        trace = Path(args.trace_dir) / f"step-{mode}-b{cfg.batch_size}.json.gz"
         summary, step_ms = profile_steps(run, device, steps, warmup, trace)
         how = "eager" if mode == "eager" else f"torch.compile, mode {mode}"
         title = f"\n{how} (trace: {trace})"

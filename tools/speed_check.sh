@@ -3,15 +3,16 @@
 # cut short by `timeout` so that what finished is kept (docs/benchmarks.md, "The fast path"):
 #   1. tools.bench_train at batch 1024: the per-image DataLoader baseline, the device path eager,
 #      compiled and on the fast path, `train` itself on the fast path, the losses, the syncs;
-#   2. tools.profile_step at batch 1024, eager and on the fast path (Chrome traces in OUT_DIR);
-#   3. tools.bench_train at batch 512.
+#   2. the same at batch 2048 (a small ViT keeps an H100 or H200 busier with larger batches);
+#   3. tools.profile_step at batch 1024, eager and on the fast path (Chrome traces in OUT_DIR);
+#   4. tools.bench_train at batch 512.
 #
 #   bash tools/speed_check.sh OUT_DIR [SECONDS]
 #
-# SECONDS is the whole budget (default 540); PYTHON is the interpreter (default python3); BATCH
-# and BATCH2 replace 1024 and 512. The compiled kernels are cached on disk between the parts, so
+# SECONDS is the whole budget (default 540); PYTHON is the interpreter (default python3); BATCH,
+# BIG and SMALL replace 1024, 2048 and 512. The compiled kernels are cached on disk between the parts, so
 # later parts compile faster. A smoke test on the CPU:
-#   PYTHON=.venv/bin/python BATCH=16 BATCH2=32 bash tools/speed_check.sh runs/speed-check 300
+#   PYTHON=.venv/bin/python BATCH=16 BIG=32 SMALL=8 bash tools/speed_check.sh runs/speed-check 300
 set -uo pipefail
 out=${1:?usage: bash tools/speed_check.sh OUT_DIR [SECONDS]}
 budget=${2:-540}
@@ -35,8 +36,9 @@ part() {  # part NAME COMMAND...: run with the time that is left, output to the 
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
   --format=csv,noheader | tee "$out/gpu.txt"
-b1=${BATCH:-1024}
-b2=${BATCH2:-512}
-part "bench-$b1" "$python" -m tools.bench_train --batch-sizes "$b1"
-part "profile-$b1" "$python" -m tools.profile_step --batch-size "$b1" --trace-dir "$out/traces"
-part "bench-$b2" "$python" -m tools.bench_train --batch-sizes "$b2"
+batch=${BATCH:-1024}
+part "bench-$batch" "$python" -m tools.bench_train --batch-sizes "$batch"
+part "bench-${BIG:-2048}" "$python" -m tools.bench_train --batch-sizes "${BIG:-2048}"
+part "profile-$batch" "$python" -m tools.profile_step --batch-size "$batch" \
+  --trace-dir "$out/traces"
+part "bench-${SMALL:-512}" "$python" -m tools.bench_train --batch-sizes "${SMALL:-512}"
