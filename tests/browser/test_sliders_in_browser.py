@@ -3,11 +3,18 @@
 nbval runs the notebooks' kernels but never renders a widget, so a broken slider (an ipywidgets /
 JupyterLab mismatch, a callback that raises, a figure drawn outside its Output) would pass it.
 This test serves a temporary copy of the lessons with JupyterLab on a free local port, opens
-lessons 02, 03, 04 and 08 in headless Chromium through Playwright (each in a fresh workspace),
-runs every cell, then moves sliders with the keyboard (the crop scale and number of local crops,
-the temperatures, the center momentum, the image and the mass kept) and checks that each label is
-shown in full, that its live figure changed, that no cell shows an error and that the interactive
-cell holds one figure only.
+every lesson with a live figure (01, 02, 03, 04, 05, 06, 08, 09 and 11) in headless Chromium
+through Playwright (each in a fresh workspace), runs every cell, checks that the kernel runs in
+fast mode, then moves every control of every live figure, one at a time. Sliders move with the
+keyboard: lesson 01's patch and new grid size, 02's four crop scales, number of local crops and
+seed, 03's and 04's temperatures and 04's center momentum, 05's base momentum and steps, 06's
+warm-up and final learning rate, 08's image, layer and mass kept, 09's grid, mask ratio and seed,
+11's radius, k, temperature, context and frame. Dropdowns get another option: 01's patch size,
+08's backbone and head, 11's features (02's source has one option here: no CIFAR-10 in the
+served copy). For each it checks that its label is shown in full, that its value moved, that its
+live figure changed, that no cell shows an error and that the interactive cell holds one figure
+only. The test fails when a lesson shows a control, or has a live figure, that LESSONS leaves
+out.
 
 It needs Chromium (Debian's `chromium` package) and the `playwright` Python package; without
 them it is skipped with the reason. Screenshots of a failure are written to the folder that the
@@ -16,6 +23,7 @@ failure message names.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,18 +33,32 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-LESSONS = {  # lesson -> the labels of the sliders to move
-    "02_multi_crop.ipynb": ("local_min", "n_local_crops"),
+LESSONS = {  # lesson -> the labels of its controls (sliders, dropdowns), every one it shows
+    "01_vit_from_scratch.ipynb": ("patch_size", "patch", "new_grid"),
+    "02_multi_crop.ipynb": ("source", "global_min", "global_max", "local_min", "local_max",
+                            "n_local_crops", "seed"),
     "03_head_temperature_loss.ipynb": ("student_temp", "teacher_temp"),
     "04_centering_and_collapse.ipynb": ("teacher_temp", "center_momentum"),
-    "08_attention_heads.ipynb": ("image", "keep"),
+    "05_ema_teacher.ipynb": ("base m", "steps"),
+    "06_training_loop.ipynb": ("warmup_epochs", "min_lr_ratio"),
+    "08_attention_heads.ipynb": ("backbone", "image", "layer", "head", "keep"),
+    "09_ibot_masked_patches.ipynb": ("grid", "ratio", "seed"),
+    "11_video_label_propagation.ipynb": ("name", "radius", "topk", "temperature", "n_context",
+                                         "frame"),
 }
+NUDGE = ("ArrowRight", "ArrowRight", "ArrowLeft")  # one step up (down from the top), via two
+KEYS = {  # (lesson, label) -> the keys for a slider that one step from its default leaves as is
+    # radius 12 (the default and top) and 11 both span lesson 11's 12 x 12 grid: five steps down
+    ("11_video_label_propagation.ipynb", "radius"): ("PageDown",),
+}
+CONTROLS = ".widget-slider, .widget-dropdown"  # the kinds of control `course.live_figure` shows
 
 pytestmark = [
     pytest.mark.slow,
@@ -148,21 +170,59 @@ def _errors(page) -> list[str]:
     return errors
 
 
+def _wait_until(page, ready: Callable[[], bool], failure: str, timeout_s: float = 120) -> None:
+    """Poll `ready()` until it is true; fail with `failure` after `timeout_s`, or at once with
+    the error that a cell shows meanwhile (a callback that raised). The timeout is generous: on
+    a loaded machine a niced kernel can take tens of seconds for a redraw of one second."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        errors = _errors(page)
+        assert errors == [], f"{failure}: {errors[0]}"
+        assert time.monotonic() < deadline, f"{failure} within {timeout_s:.0f} s"
+        time.sleep(0.25)
+
+
 def _labelled(page, label: str):
-    """Slider widgets labelled exactly `label`, as a locator relative to whatever holds them."""
-    return page.locator(".widget-slider").filter(
+    """Controls labelled exactly `label`, as a locator relative to whatever holds them."""
+    return page.locator(CONTROLS).filter(
         has=page.locator(".widget-label", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")))
 
 
-def _slider(page, label: str):
-    """The slider widget whose label reads `label` (the whole of it: labels must not be cut)."""
-    sliders = _notebook(page).locator(_labelled(page, label))
-    assert sliders.count() >= 1, f"no slider labelled {label!r}"
-    slider = sliders.first
-    shown = slider.locator(".widget-label").inner_text().strip()
-    width = slider.locator(".widget-label").evaluate("e => [e.scrollWidth, e.clientWidth]")
-    assert shown == label and width[0] <= width[1], f"slider label {shown!r} is cut: {width}"
-    return slider
+def _control(page, label: str):
+    """The slider or dropdown whose label reads `label` (the whole of it: labels must not be
+    cut)."""
+    controls = _notebook(page).locator(_labelled(page, label))
+    assert controls.count() >= 1, f"no control labelled {label!r}"
+    control = controls.first
+    shown = control.locator(".widget-label").inner_text().strip()
+    width = control.locator(".widget-label").evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert shown == label and width[0] <= width[1], f"label {shown!r} is cut: {width}"
+    return control
+
+
+def _value(control) -> str:
+    """What the control shows: a slider's readout, a dropdown's chosen option."""
+    if "widget-dropdown" in (control.get_attribute("class") or ""):
+        return control.locator("select").input_value()
+    return control.locator(".widget-readout").inner_text().strip()
+
+
+def _move(page, control, keys: tuple[str, ...]) -> bool:
+    """Move a slider with `keys`, or choose the next option of a dropdown (the first after the
+    last); False for a dropdown with one option, which has nothing to choose."""
+    if "widget-dropdown" in (control.get_attribute("class") or ""):
+        select = control.locator("select")
+        count = select.locator("option").count()
+        if count < 2:
+            return False
+        index = select.evaluate("s => s.selectedIndex")
+        select.select_option(index=(index + 1) % count)
+        return True
+    control.locator(".noUi-handle, .slider-handle, [role=slider]").first.focus()
+    for key in keys:
+        page.keyboard.press(key)
+        time.sleep(0.3)  # a learner's pace: each key press is a value of its own
+    return True
 
 
 def _src(figures) -> str | None:
@@ -173,6 +233,50 @@ def _src(figures) -> str | None:
         return figures.first.get_attribute("src", timeout=2_000)
     except sync_api.TimeoutError:  # replaced between count() and here
         return None
+
+
+def _kernels(base: str, token: str, method: str = "GET", kernel: str = "") -> list[dict]:
+    """The server's kernels (GET), or shut down `kernel` (DELETE), by JupyterLab's REST API."""
+    request = urllib.request.Request(f"{base}/api/kernels/{kernel}", method=method,
+                                     headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        return json.load(reply) if method == "GET" else []
+
+
+def _kernel_states(base: str, token: str) -> list[str]:
+    """The execution state of every kernel, as the server last saw it ("idle", "busy", ...)."""
+    return [kernel["execution_state"] for kernel in _kernels(base, token)]
+
+
+def _kernels_idle(base: str, token: str) -> bool:
+    """Whether the server has seen every kernel go idle after its last request (a widget's
+    change is one: its redraw runs in the kernel)."""
+    return all(state == "idle" for state in _kernel_states(base, token))
+
+
+def _settled(base: str, token: str, figures) -> Callable[[], bool]:
+    """A condition: the kernels are idle and the one figure is the same at two calls in a row
+    (no redraw queued behind the one on show)."""
+    last: list[str | None] = [None]
+
+    def ready() -> bool:
+        src = _src(figures) if _kernels_idle(base, token) else None
+        settled = src is not None and src == last[0]
+        last[0] = src
+        return settled
+
+    return ready
+
+
+def test_every_lesson_with_a_live_figure_is_covered():
+    """A lesson with sliders or dropdowns is in LESSONS, so that the browser moves them."""
+    live = set()
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        code = "".join("".join(cell["source"]) for cell in json.loads(path.read_text())["cells"]
+                       if cell["cell_type"] == "code")
+        if re.search(r"\blive_figure\(|\bipywidgets\b|\binteract(?:ive)?\(", code):
+            live.add(path.name)
+    assert live - set(LESSONS) == set(), "lessons with controls that the browser test leaves out"
 
 
 @pytest.mark.parametrize("lesson", list(LESSONS))
@@ -192,29 +296,43 @@ def test_sliders_redraw_their_one_live_figure(lab, browser, lesson, tmp_path):
             pass  # no dialog: the notebook names its kernel
         _run_all(page)
         assert _errors(page) == [], f"{lesson}: a cell shows an error"
+        setup = _notebook(page).locator(".jp-OutputArea-output", has_text="fast mode: ")
+        assert "fast mode: on" in " ".join(setup.all_inner_texts()), \
+            f"{lesson}: the kernel did not inherit MINIDINO_FAST=1 (course.setup's line)"
+        shown = {text.strip() for text in
+                 _notebook(page).locator(CONTROLS).locator(".widget-label").all_inner_texts()}
+        assert shown - {""} == set(LESSONS[lesson]), \
+            f"{lesson}: controls shown {sorted(shown - {''})}, LESSONS lists {LESSONS[lesson]}"
         for label in LESSONS[lesson]:
-            slider = _slider(page, label)
+            control = _control(page, label)
             cell = _notebook(page).locator(".jp-CodeCell").filter(has=_labelled(page, label))
             figures = cell.locator(".jp-OutputArea-output img")
-            assert figures.count() == 1, (f"{lesson}: the cell of slider {label!r} shows "
+            assert figures.count() == 1, (f"{lesson}: the cell of {label!r} shows "
                                           f"{figures.count()} figures; want one live figure")
-            before = figures.first.get_attribute("src")
-            slider.locator(".noUi-handle, .slider-handle, [role=slider]").first.focus()
-            for key in ("ArrowRight", "ArrowRight", "ArrowLeft"):
-                page.keyboard.press(key)
-                time.sleep(0.3)
-            deadline = time.monotonic() + 30
-            while _src(figures) in (before, None):  # None: being redrawn, or gone
-                errors = _errors(page)
-                assert errors == [], f"{lesson}: moving {label!r} raised: {errors[0]}"
-                assert time.monotonic() < deadline, \
-                    f"{lesson}: moving {label!r} did not redraw its figure"
-                time.sleep(0.25)
+            before, value = figures.first.get_attribute("src"), _value(control)
+            if not _move(page, control, KEYS.get((lesson, label), NUDGE)):
+                continue  # one option (02's source: the served copy has no CIFAR-10 on disk)
+            _wait_until(page, lambda c=control, v=value: _value(c) != v,
+                        f"{lesson}: {label!r} still shows {value!r} after the move")
+            _wait_until(page, lambda f=figures, b=before: _src(f) not in (b, None),  # None: drawing
+                        f"{lesson}: moving {label!r} to {_value(control)!r} did not redraw "
+                        "its figure")
+            _wait_until(page, _settled(base, token, figures),
+                        f"{lesson}: the figure of {label!r} did not settle to one")
             assert figures.count() == 1, f"{lesson}: moving {label!r} left a second figure"
         assert _errors(page) == [], f"{lesson}: a callback raised"
     except BaseException as err:
         shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / f"{Path(lesson).stem}.png"), full_page=True)
-        raise AssertionError(f"{err} (screenshot in {shots})") from err
+        try:
+            kernels = f"kernels {_kernel_states(base, token)}; "
+        except OSError:
+            kernels = ""
+        raise AssertionError(f"{err} ({kernels}screenshot in {shots})") from err
     finally:
         page.close()
+        try:  # the lesson's kernel (the only one): the next lesson gets the machine to itself
+            for kernel in _kernels(base, token):
+                _kernels(base, token, "DELETE", kernel["id"])
+        except OSError as err:  # not to hide the test's own failure
+            print(f"could not shut down the kernel of {lesson}: {err}")
