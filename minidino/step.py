@@ -21,7 +21,9 @@ what makes it fast on a GPU is how it is run, not what it computes:
   decay, momentum and temperature come from schedules held on the CPU, the EMA pairs the
   teacher's and the student's parameters once (`TeacherEMA`), AdamW is fused on CUDA, and the
   iBOT masks go to the GPU from pinned memory without waiting. (iBOT picks the masked patch
-  tokens, a number known only on the device, so with iBOT the CPU still waits there.)
+  tokens, a number known only on the device, so with iBOT the CPU still waits there.) On a GPU
+  `minidino.train` writes each epoch's checkpoint from a thread (`CheckpointWriter` in
+  minidino/checkpoint.py), so the next epoch starts while the disk works.
 - the switch: `--compile true` compiles the forward pass (`torch.compile`); `--compile-mode`
   picks how. `reduce-overhead` records the compiled forward and backward as CUDA graphs and
   replays each with one launch: meant for small models (ViT-Tiny at 32 px), whose steps are

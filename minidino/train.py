@@ -21,10 +21,10 @@ from minidino.batches import (
     make_batches,
 )
 from minidino.checkpoint import (
+    CheckpointWriter,
     GracefulStop,
     resume_state,
     rng_state,
-    save_checkpoint,
     set_rng_state,
 )
 from minidino.config import TrainConfig
@@ -94,7 +94,8 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
 
     step, stopping = start, False
     with TrainingLog(parts, run_dir, start, last_step, epoch_diags, progress) as log, \
-            GracefulStop() as stopper:
+            GracefulStop() as stopper, \
+            CheckpointWriter(background=device.type == "cuda") as writer:  # GPU: while it trains
         while step < last_step and not stopping:
             epoch, it = divmod(step, steps_per_epoch)
             for crops in batches.epoch(epoch, start=it):
@@ -105,7 +106,8 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None, pr
                 if stopping or step >= last_step:
                     break
             log.end_epoch(epoch, step, score)  # the epoch's line, kNN when it is due
-            _checkpoint(parts, batches, step, log.epoch_diags, run_dir / "checkpoint.pt")
+            _checkpoint(parts, batches, step, log.epoch_diags, run_dir / "checkpoint.pt", writer,
+                        final=stopping or step >= last_step)
             if stopping:
                 raise KeyboardInterrupt(f"stopped by {stopper.requested or 'another process'} "
                                         f"at step {step}; checkpoint written to "
@@ -152,20 +154,24 @@ def _resume(parts: DINOParts, batches: DeviceBatches | LoaderBatches, resume_fro
 
 
 def _checkpoint(parts: DINOParts, batches: DeviceBatches | LoaderBatches, step: int,
-                epoch_diags: list[dict], path: Path) -> None:
+                epoch_diags: list[dict], path: Path, writer: CheckpointWriter, final: bool
+                ) -> None:
     """Write the run's state atomically (rank 0), with every process's data order and random
-    state; every epoch, when max_steps ends the run, and when it is stopped."""
+    state; every epoch, when max_steps ends the run, and when it is stopped. The `final` one
+    (the run ends or stops) is on disk before any process goes on."""
     own = {"batches": batches.state_dict(), "rng": rng_state()}
     ranks = gather_objects(own)  # each process's own data order and random state
     if is_main():
-        save_checkpoint({"student": parts.student.state_dict(),
-                         "teacher": parts.teacher.state_dict(),
-                         "optimizer": parts.optimizer.state_dict(),
-                         "loss": parts.loss_fn.state_dict(), **own, "step": step,
-                         "config": parts.cfg.__dict__, "epoch_diags": epoch_diags,
-                         **({"ranks": ranks} if len(ranks) > 1 else {})},
-                        path, keep_previous=True)
-    barrier()  # no process leaves before the checkpoint is on disk
+        writer.save({"student": parts.student.state_dict(),
+                     "teacher": parts.teacher.state_dict(),
+                     "optimizer": parts.optimizer.state_dict(),
+                     "loss": parts.loss_fn.state_dict(), **own, "step": step,
+                     "config": parts.cfg.__dict__, "epoch_diags": epoch_diags,
+                     **({"ranks": ranks} if len(ranks) > 1 else {})},
+                    path, keep_previous=True)
+        if final:
+            writer.wait()
+    barrier()  # every process is here: the checkpoint is written (final) or being written
 
 
 def knn_scores(parts: DINOParts, train_split: DatasetSplit, test_split: DatasetSplit,

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from minidino.checkpoint import (
+    CheckpointWriter,
     load_backbone_weights,
     load_checkpoint,
+    previous_path,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -72,3 +74,43 @@ def test_backbone_from_another_architecture_lists_the_mismatch():
     load_backbone_weights(other, prefixed)
     assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(),
                                                   small.state_dict().values(), strict=True))
+
+
+# ------------------------------------------------------------- writing in the background
+def test_a_background_save_writes_the_state_as_it_was_when_saved(tmp_path):
+    weights = torch.arange(6.0)
+    state = {"step": 3, "model": {"w": weights}, "rng": (torch.tensor([1, 2]), [weights])}
+    with CheckpointWriter(background=True) as writer:
+        writer.save(state, tmp_path / "checkpoint.pt")
+        weights.mul_(-1)  # training goes on changing the live tensors at once
+        state["step"] = 4
+    loaded = load_checkpoint(tmp_path / "checkpoint.pt")  # on disk when the block ends
+    assert loaded["step"] == 3
+    assert torch.equal(loaded["model"]["w"], torch.arange(6.0))
+    assert torch.equal(loaded["rng"][0], torch.tensor([1, 2]))
+    assert torch.equal(loaded["rng"][1][0], torch.arange(6.0))
+
+
+def test_background_saves_keep_their_order_and_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    writer = CheckpointWriter(background=True)
+    for step in range(3):
+        writer.save({"step": step, "w": torch.full((1000,), float(step))}, path,
+                    keep_previous=True)
+    writer.wait()
+    assert load_checkpoint(path)["step"] == 2
+    assert load_checkpoint(previous_path(path))["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-previous.pt",
+                                                          "checkpoint.pt"]
+
+
+def test_a_failed_background_write_is_raised_by_wait_and_the_writer_goes_on(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    writer = CheckpointWriter(background=True)
+    writer.save({"step": 1}, tmp_path / "a_file" / "checkpoint.pt")
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.wait()  # the error is raised once
+    writer.save({"step": 2}, tmp_path / "checkpoint.pt")
+    writer.wait()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2

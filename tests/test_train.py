@@ -9,8 +9,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+import minidino.train as train_module
 from minidino import step as step_module
 from minidino.augment import BatchedMultiCrop, small_image_config
+from minidino.checkpoint import CheckpointWriter, load_checkpoint
 from minidino.config import TrainConfig, fast_config
 from minidino.head import DINOHead, MultiCropWrapper
 from minidino.loss import DINOLoss
@@ -134,3 +136,33 @@ def test_cli_train_writes_config_metrics_and_checkpoint(tmp_path):
     assert 0 <= epochs[0]["teacher_entropy"] <= math.log(TrainConfig.load(
         run_dir / "config.json").out_dim) + 1e-4
     assert main(["train", "--fast", "--teacher-temp", "-1"]) == 2  # a clear error, no traceback
+
+
+def test_checkpoints_written_in_the_background_equal_those_written_in_place(tmp_path,
+                                                                             monkeypatch):
+    """On a GPU, training writes its checkpoints from a thread (minidino.checkpoint
+    .CheckpointWriter); here the CPU is made to do the same, and the files must not differ."""
+    cfg = tiny_config(tmp_path / "in_place", epochs=3)
+    in_place = train(cfg, progress=False)["run_dir"]
+    saved = []
+
+    class InTheBackground(CheckpointWriter):
+        def __init__(self, background: bool) -> None:
+            super().__init__(background=True)
+
+        def save(self, state, path, keep_previous=False) -> None:
+            saved.append(state["step"])
+            super().save(state, path, keep_previous)
+
+    monkeypatch.setattr(train_module, "CheckpointWriter", InTheBackground)
+    background = train(replace(cfg, out_dir=str(tmp_path / "background")),
+                       progress=False)["run_dir"]
+    assert saved == [4, 8, 12]  # one per epoch, all of them from the thread
+    assert losses(background) == losses(in_place)
+    for name in ("checkpoint.pt", "checkpoint-previous.pt"):
+        a, b = load_checkpoint(in_place / name), load_checkpoint(background / name)
+        assert a["step"] == b["step"] and a["epoch_diags"] == b["epoch_diags"]
+        for key in ("student", "teacher"):
+            assert a[key].keys() == b[key].keys()
+            assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), (name, key)
+        assert torch.equal(a["loss"]["center"], b["loss"]["center"])

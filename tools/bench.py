@@ -16,6 +16,10 @@ Subcommands:
              (`python -m tools.bench fast-path --help`). On a GPU it runs the `cifar10` preset
              at batches 512 and 1,024; on a CPU only a short smoke test of the script.
 
+  checkpoint a training checkpoint of a preset's run (student, teacher, AdamW's state):
+             how long training stops for it, written in place vs in the background
+             (`CheckpointWriter`), and how long until it is on disk.
+
 Add a subcommand by writing `bench_<name>(args)` and registering it in `build_parser`.
 """
 
@@ -26,6 +30,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -115,6 +120,46 @@ def bench_fast_path(args: argparse.Namespace) -> None:
     bench_train_main(args.options)
 
 
+def bench_checkpoint(args: argparse.Namespace) -> None:
+    """Write a preset's training checkpoint in place and in the background, in turns."""
+    import tempfile
+    from dataclasses import replace
+
+    from minidino.checkpoint import CheckpointWriter
+    from minidino.device import pick_device
+    from minidino.presets import get_preset
+    from minidino.step import build_parts
+
+    device = pick_device(args.device)
+    parts = build_parts(replace(get_preset(args.preset), device=device.type), 10, device)
+    for p in parts.student.parameters():  # one optimizer step, so that AdamW has its state
+        p.grad = torch.zeros_like(p)
+    parts.optimizer.step()
+    times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        path = f"{folder}/checkpoint.pt"
+        for _ in range(args.rounds):
+            for background in (False, True):
+                writer = CheckpointWriter(background)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                writer.save({"student": parts.student.state_dict(),
+                             "teacher": parts.teacher.state_dict(),
+                             "optimizer": parts.optimizer.state_dict()}, path, keep_previous=True)
+                stopped = time.perf_counter() - start
+                writer.wait()
+                times[background].append((stopped, time.perf_counter() - start))
+        megabytes = Path(path).stat().st_size / 2**20
+    print(f"torch {torch.__version__}, {device}, {platform.machine()}; {args.preset}: "
+          f"{megabytes:.0f} MiB per checkpoint, median of {args.rounds} rounds")
+    print("| written | training stops for (ms) | on disk after (ms) |\n| --- | ---: | ---: |")
+    for background, rows in times.items():
+        stopped, done = (statistics.median(r[i] for r in rows) * 1e3 for i in (0, 1))
+        print(f"| {'in the background' if background else 'in place'} | {stopped:.0f} | "
+              f"{done:.0f} |")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "compiled and fast, train() itself; MFU, peak memory "
                             "(tools/bench_train.py; `fast-path --help` for its options)")
     p.set_defaults(func=bench_fast_path)
+    p = sub.add_parser("checkpoint", help="a training checkpoint: in place vs in the background")
+    p.add_argument("--preset", default="cifar10")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--rounds", type=int, default=5, help="saves of each kind, taken in turns")
+    p.add_argument("--dir", default=None, help="where to write (default: the temporary folder)")
+    p.set_defaults(func=bench_checkpoint)
     return parser
 
 

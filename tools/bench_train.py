@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import platform
 import resource
 import tempfile
@@ -46,6 +47,7 @@ from minidino.resident import cpu_cores
 from minidino.step import build_parts, build_student, train_step
 from minidino.train import train
 
+TRAIN_IMAGES = 45_000  # `train`'s row on CUDA: CIFAR-10's 50,000 less the held-out tenth
 # Dense bf16 tensor-core peaks (FLOP/s) by a part of the device name, for MFU (the first key
 # found in the name counts, so the PCIe and NVL H100s come before "H100", the SXM part); T4:
 # fp16, it has no bf16. Unknown GPUs and CPUs report no MFU.
@@ -207,15 +209,20 @@ def _row(batch: int, name: str, ips: float, device: torch.device, flops: float,
 
 def _train_rate(cfg: TrainConfig, device: torch.device, steps: int) -> tuple[float, float]:
     """images/s of `train` itself on random images: steady (from its first log step, after the
-    compilation, to its last, as metrics.jsonl times them) and over the whole run."""
-    images = random_images(cfg.batch_size * steps, cfg.image_size)
+    compilation, to its last, as metrics.jsonl times them) and over the whole run. On CUDA the
+    images are as many as CIFAR-10's training split less a held-out tenth, so that the epochs,
+    and the checkpoint written after each, come as often as in a real run; elsewhere an epoch is
+    4 steps."""
+    n_images = TRAIN_IMAGES if device.type == "cuda" else 4 * cfg.batch_size
+    images = random_images(n_images, cfg.image_size)
     split = DatasetSplit(images, torch.zeros(len(images)).long(), ["none"],
                          TensorImageDataset(images, torch.zeros(len(images)).long()))
     log_every = max(1, steps // 6)
     torch._dynamo.reset()
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
         run = replace(cfg, out_dir=out, run_name="bench", data_mode="device", knn_every=0,
-                      log_every=log_every)
+                      log_every=log_every, max_steps=steps,
+                      epochs=math.ceil(steps / (n_images // cfg.batch_size)))
         result = train(run, progress=False, train_split=split)
         lines = (Path(out) / "bench" / "metrics.jsonl").read_text().splitlines()
     logged = [r for r in map(json.loads, lines) if "teacher_entropy" in r]  # the log steps
