@@ -167,7 +167,7 @@ class DeviceBatches:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a state is a CPU byte tensor
 
 
 class _Transformed(Dataset):

@@ -39,11 +39,13 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `rng_state()`. The generator states are byte tensors that must be on the CPU; a
+    checkpoint loaded with `map_location` a GPU has moved them there, so they come back."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 TRAINING_KEYS = ("student", "teacher", "optimizer", "loss", "batches", "rng", "step", "config")
