@@ -5,14 +5,17 @@
 #      compiled and on the fast path, `train` itself on the fast path, the losses, the syncs;
 #   2. the same at batch 2048 (a small ViT keeps an H100 or H200 busier with larger batches);
 #   3. tools.profile_step at batch 1024, eager and on the fast path (Chrome traces in OUT_DIR);
-#   4. tools.bench_train at batch 512.
+#   4. tools.bench_train at batch 512;
+#   5. a short `cpu-demo` run on the GPU stopped after 30 steps and resumed with --resume auto
+#      (resuming is tested on the CPU only otherwise).
 #
 #   bash tools/speed_check.sh OUT_DIR [SECONDS]
 #
 # SECONDS is the whole budget (default 540); PYTHON is the interpreter (default python3); BATCH,
-# BIG and SMALL replace 1024, 2048 and 512. The compiled kernels are cached on disk between the parts, so
+# BIG and SMALL replace 1024, 2048 and 512; DEVICE (default cuda) is part 5's device. The compiled kernels are cached on disk between the parts, so
 # later parts compile faster. A smoke test on the CPU:
-#   PYTHON=.venv/bin/python BATCH=16 BIG=32 SMALL=8 bash tools/speed_check.sh runs/speed-check 300
+#   PYTHON=.venv/bin/python BATCH=16 BIG=32 SMALL=8 DEVICE=cpu \
+#     bash tools/speed_check.sh runs/speed-check 400
 set -uo pipefail
 out=${1:?usage: bash tools/speed_check.sh OUT_DIR [SECONDS]}
 budget=${2:-540}
@@ -42,3 +45,7 @@ part "bench-${BIG:-2048}" "$python" -m tools.bench_train --batch-sizes "${BIG:-2
 part "profile-$batch" "$python" -m tools.profile_step --batch-size "$batch" \
   --trace-dir "$out/traces"
 part "bench-${SMALL:-512}" "$python" -m tools.bench_train --batch-sizes "${SMALL:-512}"
+resume=(--preset cpu-demo --device "${DEVICE:-cuda}" --epochs 2 --knn-every 0 --no-progress
+        --out-dir "$out/resume" --run-name run)
+part resume bash -c '"$@" --max-steps 30 && "$@" --resume auto' _ "$python" -m minidino train \
+  "${resume[@]}"
