@@ -132,9 +132,8 @@ def _to_host(obj: Any) -> Any:
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: _to_host(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        items = [_to_host(v) for v in obj]
-        return type(obj)(items) if type(obj) in (list, tuple) else type(obj)(*items)
+    if isinstance(obj, list | tuple):  # the generators' states: lists and plain tuples
+        return type(obj)(_to_host(v) for v in obj)
     return copy.deepcopy(obj)
 
 
